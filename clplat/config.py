@@ -1,0 +1,208 @@
+"""Typed experiment configs: YAML in, validated pydantic models out.
+
+One YAML file per experiment; every value can be overridden on the command line as
+``key.sub=value`` or ``--key.sub=value`` (the form a W&B sweep agent passes). Values are parsed
+with ``yaml.safe_load`` (so ``3`` is an int and ``true`` a bool); nothing is ever ``eval``-ed.
+Any problem becomes a :class:`UserError` naming the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clplat.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "digits"
+    root: str | None = None
+    image_size: int | None = Field(None, gt=0, description="resize to this square size")
+    channels: Literal[1, 3] | None = None
+    download: bool = False
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: stratified test share")
+    num_classes: int = Field(10, gt=1, description="synthetic only")
+    train_per_class: int = Field(60, gt=0, description="synthetic only")
+    test_per_class: int = Field(20, gt=0, description="synthetic only")
+    normalize: bool = True
+
+
+class ScenarioConfig(_Section):
+    kind: Literal["si_blurry", "class_incremental"] = "si_blurry"
+    n_tasks: int = Field(5, ge=1)
+    disjoint_pct: int = Field(50, ge=0, le=100, description="N: % of classes that are disjoint")
+    blurry_pct: int = Field(10, ge=0, le=100, description="M: % of blurry-class samples moved")
+    stochastic: bool = True
+    fix_dataset_order: bool = False
+    class_order: Literal["seeded", "contiguous"] = "seeded"
+
+
+class OnlineConfig(_Section):
+    stream_batch: int = Field(16, ge=1, description="new stream samples per step")
+    online_iter: int = Field(3, ge=1, description="optimizer updates per incoming batch")
+    eval_period: int = Field(100, ge=1, description="anytime eval every this many stream samples")
+    eval_batch: int = Field(256, ge=1)
+
+
+class BackboneConfig(_Section):
+    name: str = "mlp"
+    pretrained_file: str | None = None
+    freeze: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(5e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class AugmentConfig(_Section):
+    random_crop_pad: int = Field(0, ge=0)
+    hflip: bool = False
+    autoaugment: Literal["cifar10", "imagenet", "svhn"] | None = None
+
+
+class TrainerConfig(_Section):
+    """Passed through to ``lightning.Trainer``."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    precision: str = "32-true"
+    gradient_clip_val: float | None = None
+
+
+class LoggingConfig(_Section):
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "clplat"
+    entity: str | None = None
+    progress: bool = True
+    runs_dir: str = "runs"
+
+
+class Config(BaseModel):
+    """A whole experiment. The section named after ``strategy`` holds that strategy's own config."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "experiment"
+    seed: int = 1
+    data: DataConfig = Field(default_factory=DataConfig)
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    strategy: str = "finetune"
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint_every: int = Field(0, ge=0, description="stream samples between checkpoints; 0 = task ends")
+
+    @model_validator(mode="after")
+    def _strategy_section(self) -> Config:
+        from clplat.strategies import STRATEGIES
+
+        extras = dict(self.model_extra or {})
+        for key in extras:
+            if key != self.strategy:
+                raise ValueError(f"unknown key '{key}'")
+        model = STRATEGIES.get(self.strategy).config_model
+        try:
+            section = model.model_validate(extras.get(self.strategy) or {})
+        except ValidationError as err:
+            raise UserError(_format_errors(err, prefix=self.strategy)) from None
+        object.__setattr__(self, "strategy_cfg", section)
+        return self
+
+    @property
+    def strategy_config(self) -> Any:
+        return self.__dict__.get("strategy_cfg") or object.__getattribute__(self, "strategy_cfg")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fully resolved config (defaults included), as saved in the run directory."""
+        out = self.model_dump(mode="json", exclude=set(self.model_extra or {}))
+        out[self.strategy] = self.strategy_config.model_dump(mode="json")
+        return out
+
+
+def _format_errors(err: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and not isinstance(e["input"], dict | list):
+            msg = f"{msg} (got {e['input']!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "config: " + "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'a.b=3'`` or ``'--a.b=3'`` -> (['a', 'b'], 3)."""
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body:
+        raise UserError(f"override '{text}' is not of the form key.sub=value")
+    key, raw = body.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise UserError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise UserError(f"config: {'.'.join(path[: i + 1])}: is a value, cannot set '{text}'")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config {p}:{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config {p}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_errors(err)) from None
+    except ValueError as err:  # from the strategy-section validator
+        raise UserError(f"config: {err}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    raw = load_yaml(path) if path is not None else {}
+    return build_config(apply_overrides(raw, list(overrides or [])))

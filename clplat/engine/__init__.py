@@ -1,0 +1,1 @@
+"""The training engine: stream driver, Lightning adapter, evaluation, checkpoints and run dirs."""

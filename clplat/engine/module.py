@@ -1,0 +1,88 @@
+"""The Lightning adapter: a thin ``LightningModule`` that feeds each incoming stream batch to the
+strategy for ``online_iter`` manual optimizer updates. Precision, devices and the loop itself
+belong to the ``Trainer``; evaluation, checkpoints and logging live in callbacks."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from clplat.engine.exposure import ExposureTracker
+from clplat.errors import UserError
+from clplat.strategies.base import StreamContext, Strategy
+
+
+def build_optimizer(strategy: Strategy, cfg) -> torch.optim.Optimizer:  # cfg: OptimConfig
+    groups = [g for g in strategy.optimizer_param_groups(cfg.lr) if g["params"]]
+    if not groups:
+        raise UserError("the strategy has no trainable parameters (is the whole backbone frozen?)")
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class ContinualModule(L.LightningModule):
+    def __init__(self, strategy: Strategy, optim_cfg, *, num_classes: int, online_iter: int,
+                 augment, generator: torch.Generator, gradient_clip_val: float | None = None) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strategy = strategy
+        self.optim_cfg = optim_cfg
+        self.online_iter = online_iter
+        self.augment = augment
+        self.generator = generator
+        self.gradient_clip_val = gradient_clip_val
+        self.tracker = ExposureTracker(num_classes)
+        self.task_id = 0
+        self.samples_seen = 0
+        self.last_loss = float("nan")
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    # the optimizer is created eagerly so a checkpoint can restore its state before fit starts
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self._optimizer = build_optimizer(self.strategy, self.optim_cfg)
+        return self._optimizer
+
+    def configure_optimizers(self):
+        return self.make_optimizer()
+
+    def context(self) -> StreamContext:
+        return StreamContext(
+            n_exposed=self.tracker.n_exposed, exposed_classes=self.tracker.exposed,
+            label_index=self.tracker.label_index, task_id=self.task_id, samples_seen=self.samples_seen,
+            generator=self.generator, augment=self.augment, training=self.training,
+        )
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y_orig = batch
+        if x.shape[0] == 0:
+            return None
+        self.tracker.expose(y_orig.cpu())
+        ctx = self.context()
+        y = ctx.to_index(y_orig)
+        opt = self.optimizers()
+        for _ in range(self.online_iter):
+            out = self.strategy.training_loss(self.augment(x), y, ctx)
+            loss = out["loss"] if isinstance(out, dict) else out
+            if not torch.isfinite(loss):
+                raise UserError(f"loss became {loss.item()} at stream sample {self.samples_seen} "
+                                f"(strategy '{type(self.strategy).__name__}', lr {self.optim_cfg.lr}); "
+                                "lower optim.lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if self.gradient_clip_val:
+                self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
+                                    gradient_clip_algorithm="norm")
+            opt.step()
+        self.last_loss = float(loss.detach())
+        if math.isnan(self.last_loss):
+            raise UserError(f"loss became NaN at stream sample {self.samples_seen}")
+        self.strategy.on_stream_batch(x, y_orig, ctx)
+        self.samples_seen += int(x.shape[0])
+        return None

@@ -1,0 +1,62 @@
+"""PNG plots of a run: the anytime-accuracy curve with task boundaries and the task accuracy matrix."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curve(path: Path, records: list[dict[str, Any]], task_ends: list[int], title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    any_pts = [(r["samples_seen"], 100 * sum(r["correct"]) / max(1, sum(r["total"])))
+               for r in records if r["kind"] == "anytime"]
+    end_pts = [(r["samples_seen"], 100 * sum(r["correct"]) / max(1, sum(r["total"])))
+               for r in records if r["kind"] == "task_end"]
+    if any_pts:
+        ax.plot(*zip(*any_pts), marker="o", ms=3, label="anytime accuracy")
+    if end_pts:
+        ax.plot(*zip(*end_pts), ls="none", marker="s", ms=6, label="end of task")
+    for i, end in enumerate(task_ends[:-1]):
+        ax.axvline(end, color="grey", ls="--", lw=0.8, label="task boundary" if i == 0 else None)
+    ax.set_xlabel("stream samples seen")
+    ax.set_ylabel("accuracy on exposed classes (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_matrix(path: Path, matrix: list[list[float | None]], title: str) -> None:
+    plt = _pyplot()
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.8 * n))
+    vals = [[math.nan if v is None else 100 * v for v in row] for row in matrix]
+    im = ax.imshow(vals, vmin=0, vmax=100, cmap="viridis")
+    for i in range(n):
+        for j in range(len(vals[i])):
+            if not math.isnan(vals[i][j]):
+                ax.text(j, i, f"{vals[i][j]:.0f}", ha="center", va="center",
+                        color="white" if vals[i][j] < 60 else "black", fontsize=8)
+    ax.set_xlabel("classes first seen in task j")
+    ax.set_ylabel("after task i")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,54 @@
+"""The run directory ``runs/<name>/``: everything a run writes lives here, and nothing is ever
+overwritten (a taken name gets a numeric suffix)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def new_run_dir(runs_dir: str | Path, name: str) -> Path:
+    root = Path(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(10_000):
+        cand = root / (name if i == 0 else f"{name}-{i}")
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run name under {root}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_config(run_dir: Path, cfg_dict: dict[str, Any]) -> None:
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2))
+
+
+def write_curve_csv(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    path = run_dir / "curve.csv"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=run_dir)
+    with os.fdopen(fd, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["samples_seen", "task_id", "kind", "accuracy", "n_test"])
+        for r in records:
+            n = sum(r["total"])
+            acc = sum(r["correct"]) / n if n else 0.0
+            w.writerow([r["samples_seen"], r["task_id"], r["kind"], f"{acc:.6f}", n])
+    os.replace(tmp, path)

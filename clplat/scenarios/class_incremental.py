@@ -1,0 +1,55 @@
+"""Class-incremental (and task-incremental) splits: each class belongs to exactly one task.
+
+A pure function of ``(targets, C, T, seed, class_order)``. Draw order on one private CPU
+``torch.Generator(seed)``: ``randperm(C)`` for the class order (only when ``class_order="seeded"``),
+then one ``randperm(len(task_i))`` per task, in task order, for the order inside the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from clplat.errors import UserError
+
+
+def class_incremental_classes(n_classes: int, n_tasks: int, seed: int,
+                              class_order: Literal["seeded", "contiguous"] = "seeded") -> list[list[int]]:
+    """Classes of each task: ``C`` classes in contiguous or seeded order, cut into T chunks whose
+    sizes differ by at most one (the first ``C % T`` tasks get the extra class)."""
+    return _classes(n_classes, n_tasks, class_order, torch.Generator().manual_seed(int(seed)))
+
+
+def class_incremental_split(targets: Sequence[int] | np.ndarray, n_classes: int, n_tasks: int, seed: int,
+                            class_order: Literal["seeded", "contiguous"] = "seeded") -> list[list[int]]:
+    """Per-task ordered training indices; a task holds every sample of its classes, shuffled."""
+    t = np.asarray(targets)
+    if t.ndim != 1:
+        raise UserError(f"scenario: targets must be 1-D, got shape {t.shape}")
+    t = t.astype(np.int64)
+    if t.size and (t.min() < 0 or t.max() >= n_classes):
+        raise UserError(f"scenario: targets must lie in [0, {n_classes}), got [{t.min()}, {t.max()}]")
+    g = torch.Generator().manual_seed(int(seed))
+    tasks = []
+    for cls in _classes(n_classes, n_tasks, class_order, g):
+        idx = np.flatnonzero(np.isin(t, cls))
+        perm = torch.randperm(len(idx), generator=g).numpy()
+        tasks.append(idx[perm].tolist())
+    return tasks
+
+
+def _classes(n_classes: int, n_tasks: int, class_order: str, g: torch.Generator) -> list[list[int]]:
+    if n_tasks < 1:
+        raise UserError(f"scenario.n_tasks must be >= 1, got {n_tasks}")
+    if n_tasks > n_classes:
+        raise UserError(f"scenario.n_tasks={n_tasks} is larger than the number of classes ({n_classes})")
+    if class_order == "seeded":
+        order = torch.randperm(n_classes, generator=g).tolist()
+    elif class_order == "contiguous":
+        order = list(range(n_classes))
+    else:
+        raise UserError(f"scenario.class_order must be 'seeded' or 'contiguous', got {class_order!r}")
+    return [chunk.tolist() for chunk in np.array_split(np.asarray(order, dtype=np.int64), n_tasks)]

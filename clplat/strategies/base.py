@@ -1,0 +1,104 @@
+"""The strategy contract: a plain ``nn.Module`` that owns its model and its loss.
+
+A strategy never sees the Lightning ``Trainer``. The engine hands it augmented batches whose labels
+are already re-indexed in order of first exposure (head unit j = the j-th class seen), and a
+:class:`StreamContext` with what it may know about the stream at that moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class StrategyConfig(BaseModel):
+    """Base of every strategy's own typed config (the YAML section named after the strategy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StreamContext:
+    """What a strategy may know at a training or evaluation step.
+
+    ``label_index[c]`` maps an original class id to its exposure index (-1 while unexposed).
+    ``generator`` is the engine's checkpointed RNG: strategies draw replay batches from it so a
+    resumed run repeats the same draws. ``augment`` applies a fresh random training augmentation.
+    """
+
+    n_exposed: int
+    exposed_classes: list[int]
+    label_index: Tensor
+    task_id: int = 0
+    samples_seen: int = 0
+    generator: torch.Generator | None = None
+    augment: Callable[[Tensor], Tensor] = field(default=lambda x: x)
+    training: bool = True
+
+    def to_index(self, y_orig: Tensor) -> Tensor:
+        """Original class ids -> exposure indices (all must be exposed)."""
+        idx = self.label_index.to(y_orig.device)[y_orig]
+        if bool((idx < 0).any()):
+            raise ValueError("label of an unexposed class reached the strategy")
+        return idx
+
+    def mask_logits(self, logits: Tensor) -> Tensor:
+        """-inf on head units of classes not exposed yet (training and evaluation alike)."""
+        if self.n_exposed >= logits.shape[1]:
+            return logits
+        mask = torch.zeros(logits.shape[1], device=logits.device, dtype=logits.dtype)
+        mask[self.n_exposed :] = float("-inf")
+        return logits + mask
+
+
+class Strategy(nn.Module):
+    """Base class: subclasses set ``config_model`` and implement ``training_loss`` and ``predict``.
+
+    Constructor signature used by the engine::
+
+        Strategy(cfg, backbone, num_classes, input_shape)
+
+    ``backbone`` is a feature extractor with an integer ``num_features``; ``input_shape`` is the
+    (C, H, W) of one sample (what memories preallocate). State that must survive a restart
+    (memory buffers, counters) is kept in registered buffers so ``state_dict`` carries it.
+    """
+
+    config_model: ClassVar[type[StrategyConfig]] = StrategyConfig
+
+    def __init__(self, cfg: StrategyConfig, backbone: nn.Module, num_classes: int,
+                 input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+
+    # --- required -----------------------------------------------------------------------------
+    def training_loss(self, x: Tensor, y: Tensor, ctx: StreamContext) -> Tensor | dict[str, Tensor]:
+        """Loss of one optimizer update on an augmented stream batch ``x`` with exposure-index
+        labels ``y``. May return a dict with key ``loss`` plus scalars to log."""
+        raise NotImplementedError
+
+    def predict(self, x: Tensor, ctx: StreamContext) -> Tensor:
+        """Logits ``(B, num_classes)`` for evaluation; the engine applies ``ctx.mask_logits``."""
+        raise NotImplementedError
+
+    # --- optional hooks -----------------------------------------------------------------------
+    def on_stream_batch(self, x: Tensor, y_orig: Tensor, ctx: StreamContext) -> None:
+        """Called once per incoming stream batch after its ``online_iter`` updates (raw, un-augmented
+        inputs and original class ids), e.g. to update a replay memory."""
+
+    def on_task_end(self, ctx: StreamContext) -> None:
+        """Called after the last batch of each (hidden) task."""
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimizer updates (frozen backbones are excluded by ``requires_grad``)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Override to give parts of the model their own learning rate."""
+        return [{"params": list(self.trainable_parameters()), "lr": lr}]

@@ -1,0 +1,264 @@
+"""X3D-S-like video classifier (offline form), ready to be streamed by ``clplat.streaming.convert``.
+
+The network follows X3D (Feichtenhofer, CVPR 2020; pytorchvideo's layout): a stem with a spatial
+(1,3,3) conv and a depthwise temporal (5,1,1) conv, four stages of bottleneck blocks
+(1x1x1 -> depthwise 3x3x3 -> SE -> SiLU -> 1x1x1, residual, ReLU), and a head
+(1x1x1 conv -> global average pool -> linear -> ReLU -> dropout -> linear).
+
+Constructor (stable; other code builds it by these names)::
+
+    X3DS(num_classes, in_channels=3, width=24, depths=(1, 2, 2, 1), expansion=2.25,
+         head_width=None, fc_width=256, se_ratio=0.0625, se_window=1, head_window=None,
+         causal=False, dropout=0.0)
+
+- ``width``: channels of the stem and of stage 1; stages use width x (1, 2, 4, 8).
+- ``depths``: blocks per stage. The defaults train on 2 CPU cores at 32-64 px;
+  ``x3d_s(num_classes)`` gives the real X3D-S sizes (depths (3, 5, 11, 7), fc 2048, 160 px).
+- ``se_window``: the squeeze of every SE block averages the last ``se_window`` frames
+  (1 = per-frame scope). X3D's clip-wide SE cannot be computed causally, so it is not offered.
+- ``head_window``: frames averaged by the per-frame head (None = every frame so far).
+- ``causal``: temporal convs pad only on the left (no look-ahead), so a stream has zero delay.
+
+Outputs: ``forward(clip)`` -> ``(B, num_classes)`` logits from the global average over the whole
+clip (the usual clip classifier); ``forward_frames(clip)`` -> ``(B, num_classes, T)``, one
+prediction per frame position ``t`` from the average of positions ``t-head_window+1 .. t``
+(counting only positions >= 0). ``forward_frames`` is what the streaming form emits, one
+position per step after the network's delay.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["X3DS", "X3DBlock", "X3DHead", "X3DSqueezeExcite", "TemporalWindowAvg", "x3d_s"]
+
+
+def _round_width(width: float, divisor: int = 8) -> int:
+    """Round a channel count to a multiple of ``divisor`` (never below it), as X3D does for SE."""
+    return max(divisor, int(width + divisor / 2) // divisor * divisor)
+
+
+def _temporal_pad(kernel_t: int, causal: bool) -> nn.Module:
+    """Left-only zero padding in time for causal convs; identity when the conv pads itself."""
+    if causal and kernel_t > 1:
+        return nn.ConstantPad3d((0, 0, 0, 0, kernel_t - 1, 0), 0.0)
+    return nn.Identity()
+
+
+class TemporalWindowAvg(nn.Module):
+    """Causal temporal window average of per-frame spatial means.
+
+    ``(B, C, T, H, W) -> (B, C, T, 1, 1)``; output ``t`` averages the spatial means of positions
+    ``max(0, t-window+1) .. t`` (``window=None``: all positions ``0 .. t``). Dividing by the number
+    of real positions (not the window) keeps the first predictions of a stream unbiased.
+    """
+
+    def __init__(self, window: int | None = None) -> None:
+        super().__init__()
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        self.window = window
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean(dim=(3, 4))  # (B, C, T)
+        t = s.shape[-1]
+        count = torch.arange(1, t + 1, device=x.device, dtype=s.dtype)
+        if self.window is None:
+            out = s.cumsum(-1) / count
+        else:
+            w = self.window
+            out = F.pad(s, (w - 1, 0)).unfold(-1, w, 1).sum(-1) / count.clamp(max=w)
+        return out[..., None, None]
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}"
+
+
+class X3DSqueezeExcite(nn.Module):
+    """Squeeze-excite whose squeeze is a causal window average (``window=1``: per frame)."""
+
+    def __init__(self, channels: int, hidden: int, window: int = 1) -> None:
+        super().__init__()
+        self.pool = TemporalWindowAvg(window)
+        self.fc1 = nn.Conv3d(channels, hidden, 1)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Conv3d(hidden, channels, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+
+
+class X3DBlock(nn.Module):
+    """X3D bottleneck: 1x1x1 -> depthwise (kt,3,3) -> [SE] -> SiLU -> 1x1x1, plus a residual."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        inner_channels: int,
+        out_channels: int,
+        spatial_stride: int = 1,
+        se_hidden: int | None = None,
+        se_window: int = 1,
+        causal: bool = False,
+        kernel_t: int = 3,
+    ) -> None:
+        super().__init__()
+        s = spatial_stride
+        self.conv_a = nn.Conv3d(in_channels, inner_channels, 1, bias=False)
+        self.bn_a = nn.BatchNorm3d(inner_channels)
+        self.act_a = nn.ReLU()
+        self.pad_b = _temporal_pad(kernel_t, causal)
+        self.conv_b = nn.Conv3d(
+            inner_channels,
+            inner_channels,
+            (kernel_t, 3, 3),
+            stride=(1, s, s),
+            padding=(0 if causal else kernel_t // 2, 1, 1),
+            groups=inner_channels,
+            bias=False,
+        )
+        self.bn_b = nn.BatchNorm3d(inner_channels)
+        self.se = X3DSqueezeExcite(inner_channels, se_hidden, se_window) if se_hidden else nn.Identity()
+        self.act_b = nn.SiLU()
+        self.conv_c = nn.Conv3d(inner_channels, out_channels, 1, bias=False)
+        self.bn_c = nn.BatchNorm3d(out_channels)
+        self.shortcut: nn.Module | None = None
+        if s != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, stride=(1, s, s), bias=False),
+                nn.BatchNorm3d(out_channels),
+            )
+        self.act = nn.ReLU()
+
+    def main_path(self) -> list[tuple[str, nn.Module]]:
+        """The residual branch as named children, in order (the converter reads this)."""
+        names = ["conv_a", "bn_a", "act_a", "pad_b", "conv_b", "bn_b", "se", "act_b", "conv_c", "bn_c"]
+        return [(n, getattr(self, n)) for n in names]
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x
+        for _, m in self.main_path():
+            y = m(y)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.act(y + skip)
+
+
+class X3DHead(nn.Module):
+    """1x1x1 conv + BN + ReLU, then temporal pooling, then a two-layer MLP classifier."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        head_width: int,
+        fc_width: int,
+        num_classes: int,
+        window: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, head_width, 1, bias=False)
+        self.bn = nn.BatchNorm3d(head_width)
+        self.act = nn.ReLU()
+        self.pool = TemporalWindowAvg(window)
+        self.proj = nn.Linear(head_width, fc_width)
+        self.proj_act = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(fc_width, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def classify(self, pooled: Tensor) -> Tensor:
+        """``(..., head_width) -> (..., num_classes)``."""
+        return self.fc(self.dropout(self.proj_act(self.proj(pooled))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.features(x).mean(dim=(2, 3, 4)))
+
+    def forward_frames(self, x: Tensor) -> Tensor:
+        pooled = self.pool(self.features(x)).flatten(3)[..., 0]  # (B, C, T)
+        return self.classify(pooled.transpose(1, 2)).transpose(1, 2)
+
+
+class X3DS(nn.Module):
+    """X3D-S-like classifier; see the module docstring for the constructor and the two outputs."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 24,
+        depths: tuple[int, ...] = (1, 2, 2, 1),
+        expansion: float = 2.25,
+        head_width: int | None = None,
+        fc_width: int = 256,
+        se_ratio: float = 0.0625,
+        se_window: int = 1,
+        head_window: int | None = None,
+        causal: bool = False,
+        dropout: float = 0.0,
+        stem_kernel_t: int = 5,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.causal = causal
+        k = stem_kernel_t
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, width, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),
+            _temporal_pad(k, causal),
+            nn.Conv3d(width, width, (k, 1, 1), padding=(0 if causal else k // 2, 0, 0), groups=width, bias=False),
+            nn.BatchNorm3d(width),
+            nn.ReLU(),
+        )
+        stages = []
+        c_in = width
+        for i, depth in enumerate(depths):
+            c_out = width * 2**i
+            inner = int(round(c_out * expansion))
+            blocks = []
+            for j in range(depth):
+                se_hidden = _round_width(inner * se_ratio) if (se_ratio > 0 and j % 2 == 0) else None
+                blocks.append(
+                    X3DBlock(c_in, inner, c_out, 2 if j == 0 else 1, se_hidden, se_window, causal)
+                )
+                c_in = c_out
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        hw = head_width or int(round(c_in * expansion))
+        self.head = X3DHead(c_in, hw, fc_width, num_classes, head_window, dropout)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def backbone(self, clip: Tensor) -> Tensor:
+        """``(B, C, T, H, W) -> (B, C', T, H/32, W/32)`` before the head."""
+        return self.stages(self.stem(clip))
+
+    def forward(self, clip: Tensor) -> Tensor:
+        """Clip logits ``(B, num_classes)`` from the global average over all positions."""
+        return self.head(self.backbone(clip))
+
+    def forward_frames(self, clip: Tensor) -> Tensor:
+        """Per-frame logits ``(B, num_classes, T)`` from the causal window head."""
+        return self.head.forward_frames(self.backbone(clip))
+
+
+def x3d_s(num_classes: int = 400, **kwargs) -> X3DS:
+    """The real X3D-S sizes (3.8 M parameters at 400 classes; meant for 160 px, 13 frames)."""
+    cfg = dict(width=24, depths=(3, 5, 11, 7), fc_width=2048, dropout=0.5)
+    cfg.update(kwargs)
+    return X3DS(num_classes, **cfg)
