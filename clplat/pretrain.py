@@ -145,7 +145,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             opt.step()
             step += 1
             if step % cfg.train.log_every == 0 or step == total:
-                log(f"epoch {epoch} step {step}/{total} loss {float(loss):.3f} "
+                log(f"epoch {epoch} step {step}/{total} loss {loss.item():.3f} "
                     f"({time.time() - t_train:.0f}s)")
     train_seconds = time.time() - t_train
     test_acc = _accuracy(model, data.test.x, data.test.y)
@@ -181,7 +181,8 @@ def probe_report(cfg: PretrainConfig, input_shape: tuple[int, ...], backbone: nn
     from clplat.data import build_dataset
 
     assert cfg.probe is not None
-    probe_data_cfg = DataConfig(dataset=cfg.probe.dataset, image_size=input_shape[-1], channels=input_shape[0])
+    probe_data_cfg = DataConfig(dataset=cfg.probe.dataset, image_size=input_shape[-1],
+                                channels=input_shape[0])
     probe_data = build_dataset(probe_data_cfg, cfg.seed)
     torch.manual_seed(cfg.seed)
     random_twin = build_backbone(cfg.backbone.model_copy(update={"pretrained_file": None}), input_shape)
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0 if args else 2
     try:
-        pretrain(load_pretrain_config(args[0], args[1:]))
+        pretrain(load_pretrain_config(args[0], args[1:]), log=lambda s: print(s, flush=True))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -34,6 +34,17 @@ CHECKPOINT = "checkpoints/last.pt"
 FORMAT_VERSION = 1
 
 
+def quiet_lightning() -> None:
+    """Lightning's banners (GPU available, tips, 'max_epochs reached') are noise in a stream run."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -121,6 +132,7 @@ class Experiment:
     # --- the run --------------------------------------------------------------------------------
     def fit(self) -> None:
         cfg = self.cfg
+        quiet_lightning()
         self.driver = StreamDriver(self)
         callbacks: list[L.Callback] = [self.driver]
         if cfg.logging.progress:

@@ -53,8 +53,9 @@ class EvalRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalRecord:
-        return cls(samples_seen=int(data["samples_seen"]), task_id=int(data["task_id"]), kind=str(data["kind"]),
-                   correct=[int(v) for v in data["correct"]], total=[int(v) for v in data["total"]])
+        return cls(samples_seen=int(data["samples_seen"]), task_id=int(data["task_id"]),
+                   kind=str(data["kind"]), correct=[int(v) for v in data["correct"]],
+                   total=[int(v) for v in data["total"]])
 
 
 def _require(records: Sequence[EvalRecord], kind: str) -> list[EvalRecord]:
@@ -108,7 +109,8 @@ def f_last(records: Sequence[EvalRecord]) -> float | None:
     return sum(diffs) / len(diffs) if diffs else None
 
 
-def accuracy_matrix(records: Sequence[EvalRecord], task_classes: Sequence[Sequence[int]]) -> list[list[float | None]]:
+def accuracy_matrix(records: Sequence[EvalRecord],
+                    task_classes: Sequence[Sequence[int]]) -> list[list[float | None]]:
     """R[i][j] = accuracy after task i's end on the test samples of the classes of task j.
 
     Pass ``plan.new_classes(targets)`` as ``task_classes`` (each class counted in the task that

@@ -53,6 +53,8 @@ def si_blurry_split(targets: Sequence[int] | np.ndarray, n_classes: int, n_tasks
     ``disjoint_pct`` is N (% of classes seen in one task only); ``blurry_pct`` is M (% of the
     samples of blurry classes moved to random tasks). ``fix_dataset_order`` picks the moved samples
     at random instead of the first ones in dataset order (changes the stream; see the docs).
+    ``stochastic=False`` is i-Blurry: equal class counts per task, and the ``len(pool) % T`` pooled
+    samples left after the even deal are dropped, as in the official code (see ``dropped``).
     """
     return si_blurry_layout(targets, n_classes, n_tasks, disjoint_pct, blurry_pct, seed,
                             stochastic=stochastic, fix_dataset_order=fix_dataset_order).tasks

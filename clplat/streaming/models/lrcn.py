@@ -20,7 +20,13 @@ with zero delay); ``forward(clip)`` -> ``(B, num_classes)`` = their mean over T.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import Tensor, nn
+
+from clplat.streaming.containers import StreamSequential
+from clplat.streaming.convert import ConvertOptions, convert_module, register_converter
+from clplat.streaming.module import FrameLocal, StreamModule
 
 __all__ = ["LRCN", "small_frame_cnn"]
 
@@ -85,3 +91,16 @@ class LRCN(nn.Module):
     def forward(self, clip: Tensor) -> Tensor:
         """Clip logits ``(B, num_classes)``: the mean of the per-frame logits."""
         return self.forward_frames(clip).mean(dim=-1)
+
+
+@register_converter(LRCN)
+def _convert_lrcn(m: LRCN, opts: ConvertOptions) -> StreamModule:
+    """Stream emits ``forward_frames`` positions with delay 0: CNN per frame, one LSTM step, linear."""
+    return StreamSequential(
+        OrderedDict(
+            cnn=FrameLocal(m.cnn, fold=True),
+            lstm=convert_module(m.lstm, opts),
+            dropout=FrameLocal(m.dropout, fold=False),
+            fc=FrameLocal(m.fc, fold=True),
+        )
+    )

@@ -28,9 +28,16 @@ position per step after the network's delay.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from clplat.streaming.containers import Residual, StreamSequential
+from clplat.streaming.convert import ConvertOptions, convert_chain, convert_module, register_converter
+from clplat.streaming.module import StreamModule
+from clplat.streaming.pool import WindowAvgPool
 
 __all__ = ["X3DS", "X3DBlock", "X3DHead", "X3DSqueezeExcite", "TemporalWindowAvg", "x3d_s"]
 
@@ -209,7 +216,9 @@ class X3DS(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv3d(in_channels, width, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),
             _temporal_pad(k, causal),
-            nn.Conv3d(width, width, (k, 1, 1), padding=(0 if causal else k // 2, 0, 0), groups=width, bias=False),
+            nn.Conv3d(
+                width, width, (k, 1, 1), padding=(0 if causal else k // 2, 0, 0), groups=width, bias=False
+            ),
             nn.BatchNorm3d(width),
             nn.ReLU(),
         )
@@ -221,9 +230,7 @@ class X3DS(nn.Module):
             blocks = []
             for j in range(depth):
                 se_hidden = _round_width(inner * se_ratio) if (se_ratio > 0 and j % 2 == 0) else None
-                blocks.append(
-                    X3DBlock(c_in, inner, c_out, 2 if j == 0 else 1, se_hidden, se_window, causal)
-                )
+                blocks.append(X3DBlock(c_in, inner, c_out, 2 if j == 0 else 1, se_hidden, se_window, causal))
                 c_in = c_out
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -262,3 +269,35 @@ def x3d_s(num_classes: int = 400, **kwargs) -> X3DS:
     cfg = dict(width=24, depths=(3, 5, 11, 7), fc_width=2048, dropout=0.5)
     cfg.update(kwargs)
     return X3DS(num_classes, **cfg)
+
+
+# ----- streaming conversion (used by clplat.streaming.convert) --------------------------------
+
+
+@register_converter(TemporalWindowAvg)
+def _convert_window_avg(m: TemporalWindowAvg, opts: ConvertOptions) -> StreamModule:
+    return WindowAvgPool(m.window)
+
+
+@register_converter(X3DSqueezeExcite)
+def _convert_se(m: X3DSqueezeExcite, opts: ConvertOptions) -> StreamModule:
+    return Residual(convert_chain(list(m.named_children()), opts), reduce="mul")
+
+
+@register_converter(X3DBlock)
+def _convert_block(m: X3DBlock, opts: ConvertOptions) -> StreamModule:
+    shortcut = [] if m.shortcut is None else [("shortcut", convert_module(m.shortcut, opts))]
+    return Residual(convert_chain(m.main_path(), opts), shortcut, convert_chain([("act", m.act)], opts))
+
+
+@register_converter(X3DHead)
+def _convert_head(m: X3DHead, opts: ConvertOptions) -> StreamModule:
+    chain = [(n, getattr(m, n)) for n in ("conv", "bn", "act", "pool")] + [("flatten", nn.Flatten(1))]
+    chain += [(n, getattr(m, n)) for n in ("proj", "proj_act", "dropout", "fc")]
+    return StreamSequential(OrderedDict(convert_chain(chain, opts)))
+
+
+@register_converter(X3DS)
+def _convert_x3ds(m: X3DS, opts: ConvertOptions) -> StreamModule:
+    """Stream emits ``forward_frames`` positions (delay 0 when ``causal``)."""
+    return StreamSequential(OrderedDict(convert_chain(list(m.named_children()), opts)))

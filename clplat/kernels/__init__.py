@@ -1,0 +1,20 @@
+"""Triton step kernels, each beside its PyTorch reference, behind a dispatcher.
+
+Only torch and triton are imported here. ``CLPLAT_KERNELS=triton|reference|auto`` forces a backend.
+"""
+
+from clplat.kernels._backend import choose_backend
+from clplat.kernels.conv_epilogue import (
+    ACTIVATIONS,
+    conv_epilogue,
+    conv_epilogue_reference,
+    conv_epilogue_triton,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "choose_backend",
+    "conv_epilogue",
+    "conv_epilogue_reference",
+    "conv_epilogue_triton",
+]
