@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from clplat.engine.metrics import EvalRecord
-from clplat.strategies.base import StreamContext, Strategy
+from clplat.strategies.base import Strategy, StreamContext
 
 
 def fetch(dataset, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

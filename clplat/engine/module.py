@@ -12,7 +12,7 @@ from torch import Tensor
 
 from clplat.engine.exposure import ExposureTracker
 from clplat.errors import UserError
-from clplat.strategies.base import StreamContext, Strategy
+from clplat.strategies.base import Strategy, StreamContext
 
 
 def build_optimizer(strategy: Strategy, cfg) -> torch.optim.Optimizer:  # cfg: OptimConfig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clplat.registry import Registry
-from clplat.strategies.base import StreamContext, Strategy, StrategyConfig
+from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
 
 STRATEGIES: Registry[type[Strategy]] = Registry(
     "strategy",

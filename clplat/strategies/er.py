@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from clplat.strategies import STRATEGIES
-from clplat.strategies.base import StreamContext, StrategyConfig
+from clplat.strategies.base import StrategyConfig, StreamContext
 from clplat.strategies.finetune import Finetune
 from clplat.strategies.memory import ReservoirMemory
 

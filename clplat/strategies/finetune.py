@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clplat.strategies import STRATEGIES
-from clplat.strategies.base import StreamContext, Strategy, StrategyConfig
+from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
 
 
 class FinetuneConfig(StrategyConfig):
