@@ -43,6 +43,7 @@ class PretrainTrainConfig(_Section):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     random_crop_pad: int = Field(2, ge=0)
     log_every: int = Field(100, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; 1 is fastest on a busy machine")
 
 
 class ProbeConfig(_Section):
@@ -112,6 +113,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     out = Path(cfg.output)
     if out.suffix != ".safetensors":
         raise UserError(f"output must end in .safetensors, got {out}")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     data = build_dataset(cfg.data, cfg.seed)

@@ -82,14 +82,15 @@ class Delay(StreamModule):
     def init_state(self, frame: Tensor) -> State:
         if self.frames == 0:
             return ()
-        return (frame.new_zeros(self.frames, *frame.shape), new_counter())
+        return (frame.new_zeros(frame.shape[0], self.frames, *frame.shape[1:]), new_counter())
 
     def _step(self, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
         if self.frames == 0:
             return frame, state
-        ring, count = state
-        out = ring[0] if int(count) >= self.frames else None
-        ring = frame.unsqueeze(0) if self.frames == 1 else torch.cat([ring[1:], frame.unsqueeze(0)])
+        ring, count = state  # (B, frames, ...): batch first, like every other state
+        out = ring[:, 0] if int(count) >= self.frames else None
+        new = frame.unsqueeze(1)
+        ring = new if self.frames == 1 else torch.cat([ring[:, 1:], new], dim=1)
         return out, (ring, count if out is not None else count + 1)
 
     def extra_repr(self) -> str:
@@ -279,8 +280,6 @@ class Residual(_Branches):
 class Parallel(_Branches):
     """Named branches on one input, delay-aligned, reduced by sum / mul / max / concat (channels)."""
 
-    def __init__(
-        self, branches: OrderedDict[str, StreamModule] | dict[str, StreamModule], reduce: str = "sum"
-    ) -> None:
+    def __init__(self, branches: OrderedDict[str, StreamModule] | dict[str, StreamModule], reduce: str = "sum") -> None:
         super().__init__()
         self._setup([[(name, m)] for name, m in branches.items()], [], reduce)
