@@ -158,6 +158,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     tmp = out.with_suffix(".tmp")
     save_file({k: v.detach().contiguous() for k, v in backbone.state_dict().items()}, str(tmp),
               metadata={"format": "pt", "clplat": "pretrain"})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     report = {
         "weights": out.name,

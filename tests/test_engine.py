@@ -132,3 +132,26 @@ def test_sigterm_checkpoints_then_resumes(tmp_path: Path, small_overrides: list[
     assert (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "results.json").exists()
     _resume_until_done(run_dir)
     assert _metrics(run_dir) == _metrics(tmp_path / "runs" / "ref")
+
+
+def test_diverging_loss_is_a_clear_error(tmp_path: Path, small_overrides: list[str]) -> None:
+    from tests.conftest import run_cli
+
+    res = run_cli(["clplat.run", str(ER), *small_overrides, "optim.name=sgd", "optim.lr=1e30", "name=nan"])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: loss became") and "optim.lr" in lines[-1]
+    assert not (tmp_path / "runs" / "nan" / "results.json").exists()
+
+
+def test_resume_errors(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    res = run_cli(["clplat.run", "--resume", str(tmp_path / "nowhere")])
+    assert res.returncode == 2 and "not a run directory" in res.stderr
+    rd = tmp_path / "run"
+    (rd / "checkpoints").mkdir(parents=True)
+    (rd / "config.yaml").write_text("strategy: finetune\nlogging: {wandb: disabled}\n")
+    (rd / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    res = run_cli(["clplat.run", "--resume", str(rd)])
+    assert res.returncode == 2 and "unreadable" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -84,16 +84,26 @@ class StreamProgress(L.Callback):
         self.bar = tqdm(total=self.exp.plan.total, initial=self.exp.cursor.samples_seen, unit="sample",
                         desc=self.exp.cfg.name, dynamic_ncols=True, disable=None, mininterval=0.5)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.bar is None:
-            return
-        self.bar.n = self.exp.cursor.samples_seen
+    def _set_postfix(self, pl_module: L.LightningModule) -> None:
         post = {"task": pl_module.task_id, "loss": f"{pl_module.last_loss:.3f}"}
         if self.exp.records:
             post["acc"] = f"{100 * self.exp.records[-1].accuracy:.1f}"
         self.bar.set_postfix(post, refresh=False)
-        self.bar.update(0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        bar.n = self.exp.cursor.samples_seen
+        # tqdm redraws at most every ``mininterval`` s; formatting the postfix for every batch
+        # (most of this callback's cost on small models) only pays off when a redraw is due
+        if bar.disable or time.time() - bar.last_print_t < bar.mininterval:
+            return
+        self._set_postfix(pl_module)
+        bar.update(0)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
+            if not self.bar.disable:
+                self._set_postfix(pl_module)  # the final line shows the last batch's values
             self.bar.close()

@@ -5,6 +5,7 @@ belong to the ``Trainer``; evaluation, checkpoints and logging live in callbacks
 from __future__ import annotations
 
 import math
+import os
 
 import lightning as L
 import torch
@@ -52,6 +53,23 @@ class ContinualModule(L.LightningModule):
     def configure_optimizers(self):
         return self.make_optimizer()
 
+    # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (fork-safe CUDA checks). Every
+    # ``optimizer.step()`` asks ``torch.cuda.is_available()`` (its graph-capture health check), and
+    # where no CUDA device is visible that answer is never cached: each step re-tries loading NVML
+    # and then asks the CUDA runtime anyway. On CPU-only machines this was the largest per-step cost
+    # of small models, so the flag is dropped for the fit there (same answers) and put back after.
+    _NVML_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+    def on_fit_start(self) -> None:
+        self._nvml_flag = None
+        if os.environ.get(self._NVML_ENV) == "1" and not torch.cuda.is_available():
+            self._nvml_flag = os.environ.pop(self._NVML_ENV)
+
+    def on_fit_end(self) -> None:
+        if getattr(self, "_nvml_flag", None) is not None:
+            os.environ[self._NVML_ENV] = self._nvml_flag
+            self._nvml_flag = None
+
     def context(self) -> StreamContext:
         return StreamContext(
             n_exposed=self.tracker.n_exposed, exposed_classes=self.tracker.exposed,
@@ -70,8 +88,9 @@ class ContinualModule(L.LightningModule):
         for _ in range(self.online_iter):
             out = self.strategy.training_loss(self.augment(x), y, ctx)
             loss = out["loss"] if isinstance(out, dict) else out
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at stream sample {self.samples_seen} "
+            value = float(loss.detach())  # the one host sync of an update
+            if not math.isfinite(value):
+                raise UserError(f"loss became {value} at stream sample {self.samples_seen} "
                                 f"(strategy '{type(self.strategy).__name__}', lr {self.optim_cfg.lr}); "
                                 "lower optim.lr or check the data")
             opt.zero_grad(set_to_none=True)
@@ -80,9 +99,7 @@ class ContinualModule(L.LightningModule):
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
                                     gradient_clip_algorithm="norm")
             opt.step()
-        self.last_loss = float(loss.detach())
-        if math.isnan(self.last_loss):
-            raise UserError(f"loss became NaN at stream sample {self.samples_seen}")
+        self.last_loss = value  # finite: checked above
         self.strategy.on_stream_batch(x, y_orig, ctx)
         self.samples_seen += int(x.shape[0])
         return None

@@ -14,6 +14,7 @@ and a JSON beside it holds the config, metrics and the command that produced it.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 import time
@@ -92,6 +93,7 @@ class TrainSection(_Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default")
     progress: bool = True
 
 
@@ -303,6 +305,9 @@ def run_training(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]
     from clplat.streaming import convert
 
     t0 = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keep the console to our lines
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = cfg.data.spec()
     frame_spec = FrameSpec(size=(spec.canvas, spec.canvas))

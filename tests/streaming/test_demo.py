@@ -1,0 +1,160 @@
+"""The streaming demo CLI (``python -m clplat.stream``) and its ``train`` subcommand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from clplat.errors import UserError
+from clplat.stream import SHIPPED, WEIGHTS_DIR, main
+from clplat.streaming import X3DS, convert
+from clplat.streaming.sources import FrameSpec, SyntheticSource
+from clplat.streaming.train import (
+    FORMAT,
+    check_stream_equivalence,
+    load_train_config,
+    load_trained,
+    save_trained,
+    stream_accuracy,
+)
+from tests.conftest import run_cli
+
+TINY = dict(width=4, depths=(1, 1), fc_width=8, expansion=1.0, head_window=4, causal=True)
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """An untrained tiny causal X3DS saved the way ``train`` saves models (a second to build)."""
+    torch.manual_seed(0)
+    model = X3DS(10, **TINY).eval()
+    meta = {"format": FORMAT, "name": "tiny", "arch": "x3d", "model": TINY, "num_classes": 10,
+            "class_names": [str(i) for i in range(10)], "input": FrameSpec(size=(32, 32)).to_dict(),
+            "data": {"canvas": 32, "digit_size": 16, "label": "digit"}}
+    path, _ = save_trained(tmp_path / "tiny.safetensors", model, meta)
+    return path
+
+
+def write_video(path: Path, frames: int = 9) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (80, 60))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_saved_model_round_trips_without_pickle(tiny_model: Path) -> None:
+    model, meta = load_trained(tiny_model)
+    assert meta["arch"] == "x3d" and json.loads(tiny_model.with_suffix(".json").read_text())["name"] == "tiny"
+    clip = torch.randn(1, 3, 6, 32, 32)
+    assert check_stream_equivalence(model, convert(model).eval(), clip) < 1e-5
+
+
+def test_demo_on_a_video_file_writes_annotated_video_and_latency_json(
+        tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    video = write_video(tmp_path / "in.mp4")
+    out = tmp_path / "annotated.mp4"
+    rc = main(["--model", str(tiny_model), "--source", str(video), "--out", str(out), "--no-window"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "frames 9" in printed and "step latency ms" in printed and "accuracy" not in printed
+    stats = json.loads(out.with_suffix(".json").read_text())
+    for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "frames", "fps"):
+        assert key in stats["step_latency"]
+    assert stats["frames"] == 9 and stats["step_latency"]["frames"] == 9
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 9
+
+
+def test_demo_on_synthetic_scores_per_frame_accuracy(tiny_model: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert main(["--model", str(tiny_model), "--max-frames", "12"]) == 0  # headless default output
+    assert "per-frame accuracy" in capsys.readouterr().out
+    stats = json.loads((tmp_path / "runs/stream/annotated.json").read_text())
+    assert stats["frames"] == 12 and stats["accuracy"]["scored"] == 12
+    assert (tmp_path / "runs/stream/annotated.mp4").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--source", "missing.mp4"], "source not found"),
+    (["--source", "webcam:97"], "no camera found"),
+    (["--model", "no_such_model"], "unknown model"),
+    (["--model", "missing.safetensors"], "model file not found"),
+    (["--device", "cuda"], "CUDA"),
+])
+def test_user_errors_are_one_line_exit_2(args: list[str], message: str, tiny_model: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    if args[0] != "--model":
+        args = ["--model", str(tiny_model), *args]
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_corrupt_video_and_corrupt_model(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"\x00garbage" * 100)
+    assert main(["--model", str(tiny_model), "--source", str(bad)]) == 2
+    bad_model = tmp_path / "bad.safetensors"
+    bad_model.write_bytes(b"not safetensors")
+    assert main(["--model", str(bad_model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "cannot read video" in err[0] and "cannot read model" in err[1]
+
+
+def test_stream_accuracy_scores_each_emitted_frame(tiny_model: Path) -> None:
+    model, _ = load_trained(tiny_model)
+    src = SyntheticSource(seed=0, segment_frames=(5, 8))
+    res = stream_accuracy(convert(model).eval(), FrameSpec(size=(32, 32)), src, frames=20, settle=4)
+    assert res["frames"] == 20 and res["scored"] == 20 and res["delay"] == 0
+    assert 0.0 <= res["settled_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("override,key", [("train.lrr=1", "train.lrr: unknown key"),
+                                          ("train.lr=fast", "train.lr:"),
+                                          ("model.widht=3", "model.widht: unknown key"),
+                                          ("data.label=colour", "data.label:")])
+def test_train_config_errors_name_the_key(override: str, key: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "experiments/stream_x3d_moving_digits.yaml", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: config: ") and key in err and "\n" not in err
+    with pytest.raises(UserError):
+        load_train_config("experiments/does_not_exist.yaml")
+
+
+def test_train_smoke_saves_weights_json_and_stream_metrics(tmp_path: Path) -> None:
+    weights = tmp_path / "m.safetensors"
+    rc = main(["train", "experiments/stream_x3d_moving_digits.yaml", "model.width=4", "model.depths=[1, 1]",
+               "model.fc_width=8", "data.frames=4", "data.train_videos=16", "data.val_videos=8",
+               "train.epochs=1", "train.batch_size=8", "train.progress=false", "eval.stream_frames=10",
+               f"output.weights={weights}", f"output.runs_dir={tmp_path / 'runs'}"])
+    assert rc == 0
+    model, meta = load_trained(weights)
+    assert meta["metrics"]["stream"]["scored"] == 10 and meta["metrics"]["stream_max_abs_diff"] < 1e-4
+    assert meta["command"].startswith("python -m clplat.stream train ")
+    assert (tmp_path / "runs" / "stream_x3d_moving_digits" / "results.json").is_file()
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / SHIPPED["stream_x3d_moving_digits"]).is_file(),
+                    reason="shipped weights not built yet")
+def test_bare_command_runs_the_shipped_model(tmp_path: Path) -> None:
+    res = run_cli(["clplat.stream", "--max-frames", "40", "--out", str(tmp_path / "a.mp4")], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "per-frame accuracy" in res.stdout
+    stats = json.loads((tmp_path / "a.json").read_text())
+    assert stats["accuracy"]["per_frame"] > 0.5  # a trained model, on held-out digits
+    size = (WEIGHTS_DIR / SHIPPED["stream_x3d_moving_digits"]).stat().st_size
+    assert size < 10e6
