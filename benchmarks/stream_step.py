@@ -34,13 +34,17 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, installed or not
 
 SEED = 0
 NUM_CLASSES = 400
@@ -361,9 +365,10 @@ def main() -> None:
         for v in variants:
             print(f"| {v} | {per[v]['mean']:.2f} | {per[v]['p50']:.2f} | {per[v]['peak_mib']:.1f} |")
         for base in variants[1:]:
+            p50 = per[base]["p50"] / per["clplat"]["p50"]
             print(f"clplat vs {base}: {per[base]['mean'] / per['clplat']['mean']:.1f}x faster (mean), "
-                  f"{per[base]['p50'] / per['clplat']['p50']:.1f}x (p50); "
-                  f"peak memory {per[base]['peak_mib']:.1f} vs {per['clplat']['peak_mib']:.1f} MiB")
+                  + (f"{p50:.1f}x (p50); " if p50 > 0 else "")
+                  + f"peak memory {per[base]['peak_mib']:.1f} vs {per['clplat']['peak_mib']:.1f} MiB")
         multi = {}
         for v in ("clplat", "co"):
             task = {"model": name, "variant": v, "batch": 8, "size": args.size, "window": args.window,

@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None,
                    help=f"stop after N frames (synthetic default {DEFAULT_SYNTHETIC_FRAMES})")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: batch-1 steps of small nets gain nothing from more, "
+                        "and spin-waits hurt on a busy machine)")
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic source (held-out digits)")
     p.add_argument("--no-window", action="store_true", help="never open a window, even with a display")
     return p
@@ -215,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.max_frames is not None and args.max_frames < 1:
             raise UserError("--max-frames must be >= 1")
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
         print_summary(play(args))
         return 0
     except UserError as err:
