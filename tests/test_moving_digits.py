@@ -60,6 +60,25 @@ def test_switch_clips_cut_between_two_labelled_videos() -> None:
     assert cuts > 20  # most clips cut (the other video may share the class)
 
 
+def test_stream_window_clips_cut_like_the_stream() -> None:
+    spec = MovingDigitsSpec(frames=24)
+    ds = MovingDigits("train", n_videos=30, spec=spec, seed=0, segment_frames=(6, 10))
+    again = MovingDigits("train", n_videos=30, spec=spec, seed=0, segment_frames=(6, 10))
+    cuts = 0
+    for i in range(len(ds)):
+        video, labels = ds[i]
+        assert video.shape == (24, 32, 32, 3) and labels.shape == (24,)
+        assert labels[-1] == i % 10
+        starts = [0, *(np.flatnonzero(labels[1:].numpy() != labels[:-1].numpy()) + 1), 24]
+        inner = np.diff(starts)[1:-1]  # whole segments (the first and last are cut by the window)
+        assert np.all(inner <= 10)
+        cuts += len(starts) - 2
+    assert cuts > 30  # 24-frame windows of 6-10 frame videos cut 2-3 times (same-class neighbours hide a few)
+    assert torch.equal(ds[7][0], again[7][0]) and torch.equal(ds[7][1], again[7][1])
+    with pytest.raises(ValueError):
+        MovingDigits("train", 4, spec, segment_frames=(5, 2))
+
+
 def test_direction_labels_match_the_motion() -> None:
     spec = MovingDigitsSpec(canvas=32, digit_size=12, frames=3, label="direction", noise=0.0, speed=(2.0, 2.0))
     ds = MovingDigits("test", n_videos=8, spec=spec, seed=1)

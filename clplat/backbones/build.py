@@ -87,15 +87,26 @@ def _timm_backbone(name: str, input_shape: tuple[int, ...], **kwargs) -> nn.Modu
     return model
 
 
+def resolve_weights_path(path: str | Path) -> Path:
+    """A relative path is tried from the working directory, then from the installed package's
+    parent, so the shipped ``clplat/weights/...`` files are found from any working directory."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_absolute():
+        packaged = Path(__file__).resolve().parents[2] / p
+        if packaged.is_file():
+            return packaged
+    raise UserError(f"backbone.pretrained_file not found: {p}")
+
+
 def load_pretrained_file(model: nn.Module, path: str | Path) -> nn.Module:
     """Load timm-compatible weights from a local ``.safetensors``, ``.pth``/``.pt`` or ``.npz`` file.
 
     Classifier-head weights are dropped (the backbone is built with ``num_classes=0``); any other
     missing or unexpected key is an error, so a wrong file never loads silently.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"backbone.pretrained_file not found: {p}")
+    p = resolve_weights_path(path)
     suffix = p.suffix.lower()
     try:
         if suffix == ".npz":

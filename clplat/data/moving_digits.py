@@ -162,10 +162,17 @@ class MovingDigits(Dataset):
     clip may start with the tail of another video and cut to this one at a random frame; the
     per-frame labels follow the cut. Training on such clips teaches a streaming model to change
     its mind quickly when the scene changes, which is what it meets on a live stream.
+
+    With ``segment_frames=(lo, hi)`` a clip is instead a window of a stream like
+    :class:`MovingDigitsStream`: videos of ``lo..hi`` frames one after the other, the window
+    starting at a random frame of its first video, so clips hold 0, 1 or more cuts and the
+    per-frame labels follow them (``switch_prob`` is then unused). The last video has class
+    ``i % num_classes``, the earlier ones random classes.
     """
 
     def __init__(self, split: Split = "train", n_videos: int = 1000, spec: MovingDigitsSpec | None = None,
-                 seed: int = 0, switch_prob: float = 0.0) -> None:
+                 seed: int = 0, switch_prob: float = 0.0,
+                 segment_frames: tuple[int, int] | None = None) -> None:
         if split not in _SPLIT_ID:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if n_videos < 1:
@@ -177,6 +184,9 @@ class MovingDigits(Dataset):
         self.spec = spec or MovingDigitsSpec()
         self.seed = seed
         self.switch_prob = switch_prob
+        if segment_frames is not None and not 1 <= segment_frames[0] <= segment_frames[1]:
+            raise ValueError(f"segment_frames must be 1 <= low <= high, got {segment_frames}")
+        self.segment_frames = segment_frames
 
     def __len__(self) -> int:
         return self.n_videos
@@ -184,6 +194,8 @@ class MovingDigits(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         if not 0 <= i < self.n_videos:
             raise IndexError(i)
+        if self.segment_frames is not None:
+            return self._stream_window(i)
         k, t = self.spec.num_classes, self.spec.frames
         video, cls = _video(self.split, self.seed, i, t, self.spec, label=i % k)
         labels = np.full(t, cls, dtype=np.int64)
@@ -195,6 +207,29 @@ class MovingDigits(Dataset):
             video = np.concatenate([prev[t - cut:], video[: t - cut]])
             labels = np.concatenate([np.full(cut, prev_cls), labels[: t - cut]]).astype(np.int64)
         return torch.from_numpy(video), torch.from_numpy(labels)
+
+    def _stream_window(self, i: int) -> tuple[Tensor, Tensor]:
+        """Clip ``i`` as a window of a segmented stream; see the class docstring."""
+        assert self.segment_frames is not None
+        lo, hi = self.segment_frames
+        t, k = self.spec.frames, self.spec.num_classes
+        rng = np.random.default_rng([self.seed, _SPLIT_ID[self.split], i, 2])
+        lengths = []  # segment lengths inside the window, last first
+        left = t
+        while left > 0:
+            n = int(rng.integers(lo, hi + 1))
+            if not lengths:  # the window ends at a random frame of the last video
+                n = int(rng.integers(1, n + 1))
+            lengths.append(min(n, left))
+            left -= lengths[-1]
+        videos, labels = [], []
+        for j, n in enumerate(reversed(lengths)):
+            last = j == len(lengths) - 1
+            index = i if last else int(rng.integers(self.n_videos, 64 * self.n_videos))
+            video, cls = _video(self.split, self.seed, index, n, self.spec, label=i % k if last else None)
+            videos.append(video)
+            labels.append(np.full(n, cls, dtype=np.int64))
+        return torch.from_numpy(np.concatenate(videos)), torch.from_numpy(np.concatenate(labels))
 
     @property
     def targets(self) -> np.ndarray:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from clplat.errors import UserError
 from clplat.strategies import STRATEGIES
 from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
 from clplat.strategies.memory import ReservoirMemory
@@ -107,8 +108,6 @@ class MVP(Strategy):
         check_blocks("mvp.e_blocks", cfg.e_blocks, depth)
         self.query_depth = depth - 1 if cfg.query_depth is None else cfg.query_depth
         if self.query_depth > depth:
-            from clplat.errors import UserError
-
             raise UserError(f"mvp.query_depth {self.query_depth} exceeds the backbone depth {depth}")
         self.keys = nn.Parameter(torch.randn(cfg.pool_size, dim))
         self.logit_mask = nn.Parameter(torch.full((cfg.pool_size, num_classes), -1.0))

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from clplat.backbones.vit_prompted import PromptedViT
+from clplat.errors import UserError
 from clplat.strategies import STRATEGIES
 from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
 
@@ -45,8 +46,7 @@ def prompts_by_block(groups: list[tuple[list[int], Tensor]]) -> dict[int, Tensor
 
 
 def check_blocks(name: str, blocks: list[int], depth: int) -> None:
-    from clplat.errors import UserError
-
+    """A prompt block index the backbone does not have is a config error naming the key."""
     bad = [b for b in blocks if not 0 <= b < depth]
     if bad:
         raise UserError(f"{name}: blocks {bad} outside 0..{depth - 1} of this backbone")

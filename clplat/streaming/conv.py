@@ -23,6 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clplat.kernels import conv_epilogue
+from clplat.kernels.conv_step_cpu import (
+    activate_,
+    conv2d_taps,
+    depthwise_taps,
+    finish_partial,
+    hwc,
+    nchw,
+    pointwise,
+)
 from clplat.streaming.module import State, StreamModule, new_counter, should_emit, tick
 
 __all__ = ["ContinualConv3d", "apply_activation"]
@@ -36,6 +45,21 @@ def apply_activation(x: Tensor, activation: str) -> Tensor:
     if activation == "silu":
         return F.silu(x)
     return x
+
+
+def _param_key(t: Tensor) -> tuple:
+    """Identity of a parameter's values for weight caches. Inference tensors (made under
+    ``torch.inference_mode``) have no version counter; they can only change in place inside
+    inference mode, which ``load_state_dict`` then does through ``copy_`` on the same storage."""
+    version = -1 if t.is_inference() else t._version
+    return (t.data_ptr(), version, t.device, t.dtype, t.shape)
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+_SHIFT_MAX_WORK = 9 * 64 * 1024  # multiply-adds; see ContinualConv3d._shift_is_cheaper
 
 
 class ContinualConv3d(StreamModule, nn.Conv3d):
@@ -93,7 +117,8 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
         self.temporal_fill = temporal_fill
         self.layout = layout
         self.activation = activation
-        self._weight_cache: tuple[tuple, Tensor] | None = None
+        self._weight_cache: dict[str, tuple[tuple, Tensor]] = {}
+        self._plan: tuple | None = None
 
     @classmethod
     def from_conv3d(cls, conv: nn.Conv3d, **kwargs) -> ContinualConv3d:
@@ -163,19 +188,38 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
     def _step_weight(self, layout: str) -> Tensor:
         """The 2D weight for ``layout``; cached while the parameter is unchanged and grad is off."""
         w = self.weight
-        key = (layout, w.data_ptr(), w._version, w.device, w.dtype)
-        if not torch.is_grad_enabled() and self._weight_cache is not None and self._weight_cache[0] == key:
-            return self._weight_cache[1]
+        if not torch.is_grad_enabled():
+            hit = self._cached(layout)
+            if hit is not None:
+                return hit
         co, ci, k, kh, kw = w.shape
         if layout == "partial":  # tap j of output channel o sits at row o*k + j
             w2 = w.permute(0, 2, 1, 3, 4).reshape(co * k, ci, kh, kw)
         elif layout == "ring":  # input channel j*ci + c of each group = frame j, channel c
             w2 = w.permute(0, 2, 1, 3, 4).reshape(co, k * ci, kh, kw)
+        elif layout == "pointwise":  # (Cin, Cout) for a GEMM on channels-last rows
+            w2 = w[:, :, 0, 0, 0].t().contiguous()
+        elif layout == "pw_partial":  # column m*Cout + o = tap k-1-m of channel o
+            w2 = w[:, :, :, 0, 0].flip(2).permute(1, 2, 0).reshape(ci, k * co).contiguous()
+        elif layout == "pw_ring":  # row j*Cin + c = frame j, channel c
+            w2 = w[:, :, :, 0, 0].permute(2, 1, 0).reshape(k * ci, co).contiguous()
+        elif layout == "dw_partial":  # (kh*kw, k, C), slot m = tap k-1-m
+            w2 = w[:, 0].flip(1).permute(2, 3, 1, 0).reshape(kh * kw, k, co).contiguous()
+        elif layout == "conv_partial":  # row m*Cout + o = tap k-1-m of channel o (groups=1)
+            w2 = w.flip(2).permute(2, 0, 1, 3, 4).reshape(k * co, ci, kh, kw).contiguous()
+        elif layout == "dwconv_partial":  # row o*k + m = tap k-1-m of channel o (depthwise)
+            w2 = w.flip(2).reshape(co * k, ci, kh, kw).contiguous()
         else:
             w2 = w[:, :, 0]
         if not torch.is_grad_enabled():
-            self._weight_cache = (key, w2)
+            self._weight_cache[layout] = (_param_key(w), w2)
         return w2
+
+    def _cached(self, layout: str) -> Tensor | None:
+        hit = self._weight_cache.get(layout)
+        if hit is not None and hit[0] == _param_key(self.weight):
+            return hit[1]
+        return None
 
     def _out_hw(self, h: int, w: int) -> tuple[int, int]:
         out = []
@@ -200,8 +244,118 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
     def example_output(self, frame: Tensor) -> Tensor:
         return self._conv2d(frame, self.weight[:, :, 0], self.bias)
 
+    def _fast_kind(self, layout: str, frame: Tensor) -> str | None:
+        """Which CPU fast path (``clplat.kernels.conv_step_cpu``) applies, if any."""
+        _, kh, kw = self.kernel_size
+        one = kh == kw == 1 and self.padding[1:] == (0, 0) and self.groups == 1
+        if layout == "stateless":
+            return "pointwise" if one else "conv"
+        if layout == "partial":
+            if self.groups == self.in_channels == self.out_channels:
+                return "dw_partial" if self._shift_is_cheaper(frame) else "dwconv_partial"
+            if self.groups == 1:
+                return "pw_partial" if one else "conv_partial"
+            return None
+        return "pw_ring" if one else "ring"
+
+    def _shift_is_cheaper(self, frame: Tensor) -> bool:
+        """Shifted multiply-adds beat oneDNN's grouped conv (~170-250 µs a call, 1 thread) on small
+        maps; past ~64K buffer elements per 3x3 window they turn memory-bound (X3D-S at 112 px:
+        28x28x54 shift 450 µs vs conv 220 µs; 7x7x216 91 vs 170; 4x4x432 73 vs 247; the
+        stem's (5,1,1) on 56x56x24 is one multiply-add, ~150 µs vs ~900)."""
+        k, kh, kw = self.kernel_size
+        ho, wo = self._out_hw(frame.shape[2], frame.shape[3])
+        return frame.shape[0] * ho * wo * k * self.out_channels * kh * kw <= _SHIFT_MAX_WORK
+
     def _step(self, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
-        layout, k, s = self.resolved_layout(), self.kernel_size[0], self.temporal_stride
+        w, bias = self.weight, self.bias
+        if (
+            frame.device.type == "cpu"
+            and frame.dtype in (torch.float32, torch.float64)
+            and not _needs_grad(frame, w, bias)
+        ):
+            # One cached plan per frame shape and weight version: a step at batch 1 is so small
+            # that re-deriving the layout and weights each call was a visible share of it.
+            key = (frame.shape, frame.dtype, self.layout, self.temporal_padding, _param_key(w))
+            plan = self._plan
+            if plan is None or plan[0] != key:
+                kind = self._fast_kind(self.resolved_layout(), frame)
+                plan = self._plan = (key, kind, None if kind is None else self._step_weight(kind))
+            if plan[1] is not None:
+                return self._step_fast(plan[1], plan[2], frame, state)
+        return self._step_generic(self.resolved_layout(), frame, state)
+
+    def _step_fast(self, kind: str, w2: Tensor, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
+        """Channels-last CPU step (inference only); same outputs and state shapes as the generic one.
+
+        State is stored channels-last and handed out as a permuted view, so its logical shape is
+        the documented one and either path can continue a state made by the other.
+        """
+        k, s = self.kernel_size[0], self.stride[0]
+        if kind in ("pointwise", "conv"):
+            count = None
+            if s != 1:
+                (count,) = state
+                if not should_emit(count, 0, s):
+                    return None, (tick(count, 0, s),)
+            if kind == "pointwise":
+                y = nchw(activate_(pointwise(hwc(frame), w2, self.bias, self.stride[1:]), self.activation))
+            else:
+                y = activate_(self._conv2d(frame, w2, self.bias), self.activation)
+            return y, (() if count is None else (tick(count, 0, s),))
+        buf, count = state
+        n = int(count)
+        emit = n >= self.delay and (n - self.delay) % s == 0
+        new_count = count if (s == 1 and n > self.delay) else count + 1
+        x = hwc(frame)
+        if kind in ("pw_ring", "ring"):
+            b, h, w, _ = x.shape
+            g = self.groups
+            x = x.view(b, h, w, g, 1, -1)
+            ring = buf.permute(0, 4, 5, 1, 2, 3)  # (B, H, W, g, k-1, Cin/g)
+            if n == 0 and self.temporal_fill == "replicate":
+                ring = x.expand(-1, -1, -1, -1, k - 1, -1)
+            window = torch.cat([ring, x], dim=4)
+            out = None
+            if emit:
+                flat = window.view(b, h, w, -1)
+                if kind == "pw_ring":
+                    y = pointwise(flat, w2, self.bias, self.stride[1:])
+                else:
+                    y = hwc(self._conv2d(nchw(flat), w2, self.bias))
+                out = nchw(activate_(y, self.activation))
+            return out, (window[:, :, :, :, 1:].permute(0, 3, 4, 5, 1, 2), new_count)
+        acc = buf.permute(0, 3, 2, 1)  # (B, H'W', k-1, Cout)
+        if n == 0 and self.temporal_fill == "replicate":
+            acc = None  # every earlier frame equals this one: feed it k-1 times first
+            for _ in range(k - 1):
+                acc = self._taps(kind, w2, x, acc)[:, :, 1:]
+        taps = self._taps(kind, w2, x, acc)
+        out = None
+        if emit:
+            y, _ = finish_partial(taps, self.bias, self.activation)
+            ho, wo = self._out_hw(frame.shape[2], frame.shape[3])
+            out = nchw(y.view(y.shape[0], ho, wo, -1))
+        return out, (taps[:, :, 1:].permute(0, 3, 2, 1), new_count)
+
+    def _taps(self, kind: str, w2: Tensor, x: Tensor, acc: Tensor | None) -> Tensor:
+        """This frame's taps added onto the partial sums: ``(B, H'W', k, Cout)``."""
+        k = self.kernel_size[0]
+        if kind == "dw_partial":
+            spatial = (self.kernel_size[1:], self.stride[1:], self.padding[1:], self.dilation[1:])
+            return depthwise_taps(x, w2, acc, *spatial)
+        if kind in ("conv_partial", "dwconv_partial"):
+            conv = dict(stride=self.stride[1:], padding=self.padding[1:], dilation=self.dilation[1:])
+            return conv2d_taps(x, w2, acc, k, 1 if kind == "conv_partial" else self.groups, **conv)
+        y = pointwise(x, w2, None, self.stride[1:])
+        b, ho, wo, _ = y.shape
+        taps = y.view(b, ho * wo, k, -1)
+        if acc is not None:
+            taps[:, :, :-1].add_(acc)
+        return taps
+
+    def _step_generic(self, layout: str, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
+        k, s = self.kernel_size[0], self.temporal_stride
         if layout == "stateless":
             if s == 1:
                 return apply_activation(

@@ -113,6 +113,8 @@ class FrameLocal(StreamModule):
         super().__init__()
         self.module = module
         self.fold = fold
+        # Element-wise modules take a frame as it is: no unsqueeze/squeeze round trip per step.
+        self._any_rank = isinstance(module, _ANY_RANK)
         self._register_state_dict_hook(_strip_module_prefix)
         self._register_load_state_dict_pre_hook(_add_module_prefix, with_module=True)
 
@@ -123,7 +125,7 @@ class FrameLocal(StreamModule):
         return _unfold_time(self.module(frames), b)
 
     def _apply_frame(self, frame: Tensor) -> Tensor:
-        if self.fold:
+        if self.fold or self._any_rank:
             return self.module(frame)
         return self.module(frame.unsqueeze(2)).squeeze(2)
 
@@ -132,6 +134,23 @@ class FrameLocal(StreamModule):
 
     def _step(self, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
         return self._apply_frame(frame), state
+
+
+_ANY_RANK = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Dropout,
+    nn.Identity,
+)
 
 
 def _strip_module_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:

@@ -133,6 +133,8 @@ class WindowAvgPool(StreamModule):
     def _step(self, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
         buf, count = state
         pooled = frame.mean(dim=(2, 3))
+        if self.window == 1:  # per-frame squeeze (X3D's SE): no ring, no counter update
+            return pooled[..., None, None], state
         n = int(count) + 1
         if self.window is None:
             total = buf + pooled

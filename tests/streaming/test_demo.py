@@ -16,6 +16,7 @@ from clplat.streaming import X3DS, convert
 from clplat.streaming.sources import FrameSpec, SyntheticSource
 from clplat.streaming.train import (
     FORMAT,
+    FrameClassifier,
     check_stream_equivalence,
     load_train_config,
     load_trained,
@@ -135,11 +136,29 @@ def test_train_config_errors_name_the_key(override: str, key: str, capsys: pytes
         load_train_config("experiments/does_not_exist.yaml")
 
 
+def test_warmup_positions_are_down_weighted_in_the_loss() -> None:
+    model = X3DS(10, **TINY)
+    logits = torch.zeros(2, 10, 6)
+    logits[:, 3, 4:] = 50.0  # confident and right from position 4 on, uniform before
+    labels = torch.full((2, 6), 3)
+    spec = FrameSpec(size=(32, 32))
+    assert FrameClassifier(model, spec, 1e-3, 0.0, warmup=4, warmup_weight=0.0)._loss(logits, labels) < 1e-6
+    unweighted = FrameClassifier(model, spec, 1e-3, 0.0)._loss(logits, labels)
+    assert float(unweighted) == pytest.approx(4 / 6 * float(torch.log(torch.tensor(10.0))), rel=1e-4)
+
+
+def test_train_rejects_a_warmup_covering_the_clip(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "experiments/stream_x3d_moving_digits.yaml", "data.frames=8", "train.warmup=8",
+                 "train.warmup_weight=0"]) == 2
+    assert "train.warmup" in capsys.readouterr().err
+
+
 def test_train_smoke_saves_weights_json_and_stream_metrics(tmp_path: Path) -> None:
     weights = tmp_path / "m.safetensors"
     rc = main(["train", "experiments/stream_x3d_moving_digits.yaml", "model.width=4", "model.depths=[1, 1]",
                "model.fc_width=8", "data.frames=4", "data.train_videos=16", "data.val_videos=8",
-               "train.epochs=1", "train.batch_size=8", "train.progress=false", "eval.stream_frames=10",
+               "train.epochs=1", "train.batch_size=8", "train.warmup=2", "train.progress=false",
+               "eval.stream_frames=10",
                f"output.weights={weights}", f"output.runs_dir={tmp_path / 'runs'}"])
     assert rc == 0
     model, meta = load_trained(weights)
