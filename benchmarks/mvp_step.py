@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-BACKBONE = {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": 4, "embed_dim": 128, "depth": 6,
+BACKBONE = {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": 8, "embed_dim": 128, "depth": 6,
                                                         "num_heads": 4}}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

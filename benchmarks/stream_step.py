@@ -248,7 +248,7 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
     frames = torch.randn(batch, 3, task["frames"], size, size, generator=gen)
     result: dict[str, Any] = {"model": name, "variant": variant, "batch": batch}
-    run = make_runner(variant, name, model, task["window"])  # outside inference_mode: convert() there breaks step
+    run = make_runner(variant, name, model, task["window"])  # setup (convert) outside the timed region
     with torch.inference_mode():
         outputs = []
         warm = task["warmup"]

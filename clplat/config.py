@@ -118,7 +118,7 @@ class Config(BaseModel):
         try:
             section = model.model_validate(extras.get(self.strategy) or {})
         except ValidationError as err:
-            raise UserError(_format_errors(err, prefix=self.strategy)) from None
+            raise UserError(format_validation_errors(err, prefix=self.strategy)) from None
         object.__setattr__(self, "strategy_cfg", section)
         return self
 
@@ -133,7 +133,7 @@ class Config(BaseModel):
         return out
 
 
-def _format_errors(err: ValidationError, prefix: str = "") -> str:
+def format_validation_errors(err: ValidationError, prefix: str = "") -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
@@ -198,7 +198,7 @@ def build_config(raw: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_errors(err)) from None
+        raise UserError(format_validation_errors(err)) from None
     except ValueError as err:  # from the strategy-section validator
         raise UserError(f"config: {err}") from None
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from clplat.config import BackboneConfig, DataConfig, _format_errors, apply_overrides, load_yaml
+from clplat.config import BackboneConfig, DataConfig, format_validation_errors, apply_overrides, load_yaml
 from clplat.errors import UserError
 
 
@@ -66,7 +66,7 @@ def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -
     try:
         return PretrainConfig.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_errors(err)) from None
+        raise UserError(format_validation_errors(err)) from None
 
 
 @torch.no_grad()

@@ -104,3 +104,21 @@ def test_augment_is_seeded() -> None:
     b = build_augment(cfg, torch.Generator().manual_seed(1))
     assert torch.equal(a(x), b(x))
     assert not torch.equal(a(x), a(x))  # fresh draw per call (per online iteration)
+
+
+def test_autoaugment_runs_in_image_space() -> None:
+    """With the dataset normalisation given, AutoAugment sees [0, 1] images and the result is
+    normalised back: an identity-like policy draw leaves the batch (up to uint8 rounding) unchanged."""
+    from clplat.engine.augment import _autoaugment_batch
+
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    img = torch.rand(4, 3, 8, 8)
+    x = (img - mean) / std
+    out = _autoaugment_batch(x, lambda u8: u8, mean, std)
+    assert torch.allclose(out, x, atol=(0.5 / 255) / 0.2 + 1e-6)
+    aug = build_augment(AugmentConfig(autoaugment="cifar10"), torch.Generator().manual_seed(0), mean, std)
+    y = aug(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    back = y * std + mean
+    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5  # stayed a valid image

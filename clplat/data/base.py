@@ -20,11 +20,12 @@ class TensorSplit(Dataset):
     """An in-memory split. ``__getitems__`` lets a DataLoader fetch a whole batch in one index
     operation, which matters when per-sample Python overhead would dominate (small models)."""
 
-    def __init__(self, x: Tensor, y: Tensor) -> None:
+    def __init__(self, x: Tensor, y: Tensor, mean: Tensor | None = None, std: Tensor | None = None) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError("x and y lengths differ")
         self.x = x.contiguous()
         self.y = y.long().contiguous()
+        self.mean, self.std = mean, std  # the normalisation applied to x, if any
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -82,9 +83,10 @@ def resize_images(x: Tensor, image_size: int | None, channels: int | None) -> Te
     return x.contiguous()
 
 
-def standardize(train_x: Tensor, test_x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean/std from the training split, applied to both splits."""
+def standardize(train_x: Tensor, test_x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel mean/std from the training split, applied to both splits; also returns the
+    ``(1, C, 1, 1)`` mean and std (AutoAugment needs to undo them)."""
     dims = (0, 2, 3)
     mean = train_x.mean(dim=dims, keepdim=True)
     std = train_x.std(dim=dims, keepdim=True).clamp_min(1e-6)
-    return (train_x - mean) / std, (test_x - mean) / std
+    return (train_x - mean) / std, (test_x - mean) / std, mean, std

@@ -29,13 +29,14 @@ def build_digits(cfg, seed: int) -> ClassificationData:
     x = torch.from_numpy(images).unsqueeze(1)
     x = resize_images(x, cfg.image_size, cfg.channels)
     x_tr, x_te = x[tr], x[te]
+    mean = std = None
     if cfg.normalize:
-        x_tr, x_te = standardize(x_tr, x_te)
+        x_tr, x_te, mean, std = standardize(x_tr, x_te)
     y_tr, y_te = torch.from_numpy(targets[tr]), torch.from_numpy(targets[te])
     return ClassificationData(
         name="digits",
-        train=TensorSplit(x_tr, y_tr),
-        test=TensorSplit(x_te, y_te),
+        train=TensorSplit(x_tr, y_tr, mean, std),
+        test=TensorSplit(x_te, y_te, mean, std),
         train_targets=targets[tr],
         test_targets=targets[te],
         class_names=[str(i) for i in range(10)],

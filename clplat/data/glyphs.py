@@ -115,12 +115,13 @@ def build_glyphs(cfg, seed: int) -> ClassificationData:
     x_tr, y_tr = make_glyphs(cfg.num_classes, cfg.train_per_class, size, rng)
     x_te, y_te = make_glyphs(cfg.num_classes, cfg.test_per_class, size, rng)
     x_tr, x_te = resize_images(x_tr, None, cfg.channels), resize_images(x_te, None, cfg.channels)
+    mean = std = None
     if cfg.normalize:
-        x_tr, x_te = standardize(x_tr, x_te)
+        x_tr, x_te, mean, std = standardize(x_tr, x_te)
     return ClassificationData(
         name="glyphs",
-        train=TensorSplit(x_tr, y_tr),
-        test=TensorSplit(x_te, y_te),
+        train=TensorSplit(x_tr, y_tr, mean, std),
+        test=TensorSplit(x_te, y_te, mean, std),
         train_targets=y_tr.numpy(),
         test_targets=y_te.numpy(),
         class_names=[f"glyph_{i}" for i in range(cfg.num_classes)],

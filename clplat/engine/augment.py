@@ -32,8 +32,23 @@ def random_hflip(x: Tensor, g: torch.Generator) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def build_augment(cfg, generator: torch.Generator) -> Callable[[Tensor], Tensor]:
-    """``cfg`` is :class:`clplat.config.AugmentConfig`."""
+def _autoaugment_batch(x: Tensor, auto, mean: Tensor | None, std: Tensor | None) -> Tensor:
+    """AutoAugment's policies are defined on uint8 images: undo the dataset normalisation, quantise,
+    augment each sample, and normalise back."""
+    if mean is not None and std is not None:
+        mean, std = mean.to(x.device), std.to(x.device)
+        x01 = x * std + mean
+    else:
+        x01 = x
+    u8 = (x01.clamp(0, 1) * 255).round().to(torch.uint8)
+    out = torch.stack([auto(xi) for xi in u8]).to(x.dtype) / 255
+    return (out - mean) / std if mean is not None and std is not None else out
+
+
+def build_augment(cfg, generator: torch.Generator, mean: Tensor | None = None,
+                  std: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """``cfg`` is :class:`clplat.config.AugmentConfig`; ``mean``/``std`` (shape ``(1, C, 1, 1)``) are
+    the dataset normalisation, needed to run AutoAugment in image space."""
     auto = None
     if cfg.autoaugment:
         from torchvision.transforms import v2
@@ -47,7 +62,7 @@ def build_augment(cfg, generator: torch.Generator) -> Callable[[Tensor], Tensor]
             return x
         if auto is not None:
             # AutoAugment draws from torch's global RNG, which the checkpoint also restores.
-            x = torch.stack([auto(xi) for xi in x])
+            x = _autoaugment_batch(x, auto, mean, std)
         x = random_crop(x, cfg.random_crop_pad, generator)
         if cfg.hflip:
             x = random_hflip(x, generator)

@@ -43,6 +43,7 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen backbones
 
 
 def seed_all(seed: int) -> None:
@@ -70,7 +71,9 @@ class Experiment:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.module = ContinualModule(
             self.strategy, cfg.optim, num_classes=self.data.num_classes, online_iter=cfg.online.online_iter,
-            augment=build_augment(cfg.augment, self.generator), generator=self.generator,
+            augment=build_augment(cfg.augment, self.generator, getattr(self.data.train, "mean", None),
+                                  getattr(self.data.train, "std", None)),
+            generator=self.generator,
             gradient_clip_val=cfg.trainer.gradient_clip_val)
         self.module.make_optimizer()
         self.cursor = StreamCursor()

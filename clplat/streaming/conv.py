@@ -10,13 +10,23 @@ continual-inference) in one of two layouts (streaming spec §1.3):
   channels (weight ``(Cout, k*Cin/g, kh, kw)``). State: ``(B, g, k-1, Cin/g, H, W)``. It only
   convolves on the steps that emit, which pays off with temporal stride.
 
-``"auto"`` picks the smaller state: partial when ``Cout / (sh*sw) <= Cin``.
+``"auto"`` picks ring for temporally strided convs, else the smaller state (partial when
+``Cout / (sh*sw) <= Cin``).
+
+On CPU, when no gradient is needed, ``step`` takes a channels-last fast path
+(``clplat.kernels.conv_step_cpu``): 1x1 convs are one GEMM, depthwise taps are shifted
+multiply-adds on small maps (oneDNN's grouped conv on large ones), and the partial sums live
+channels-last as ``(B, H'*W', k-1, Cout)``, handed out as a permuted view with the logical
+shape above. Autograd, CUDA and half precision take the generic path (conv2d + epilogue
+kernel); the two paths accept each other's states.
 Temporal padding is ``(left, right)``; only the left part matters to a stream (it is the
 initial fill: zeros, or the first frame repeated with ``temporal_fill="replicate"``);
 right padding only changes the last offline positions, which a stream never emits.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +67,19 @@ def _param_key(t: Tensor) -> tuple:
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _Plan(NamedTuple):
+    """What a CPU fast step needs, derived once per frame shape and weight version."""
+
+    key: tuple
+    kind: str | None
+    weight: Any
+    delay: int
+    k: int
+    stride: int
+    out_hw: tuple[int, int]
+    spatial: tuple[tuple[int, int], ...]
 
 
 _SHIFT_MAX_WORK = 9 * 64 * 1024  # multiply-adds; see ContinualConv3d._shift_is_cheaper
@@ -118,7 +141,7 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
         self.layout = layout
         self.activation = activation
         self._weight_cache: dict[str, tuple[tuple, Tensor]] = {}
-        self._plan: tuple | None = None
+        self._plan: _Plan | None = None
 
     @classmethod
     def from_conv3d(cls, conv: nn.Conv3d, **kwargs) -> ContinualConv3d:
@@ -159,12 +182,15 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
         return self.kernel_size[0]
 
     def resolved_layout(self) -> str:
-        """``"stateless"`` for 1-frame kernels, else the layout with the smaller state."""
+        """``"stateless"`` for 1-frame kernels; ``"ring"`` with temporal stride (it convolves only
+        on the steps that emit, 1/stride of the work); else the layout with the smaller state."""
         k = self.kernel_size[0]
         if k == 1:
             return "stateless"
         if self.layout != "auto":
             return self.layout
+        if self.stride[0] > 1:
+            return "ring"
         sh, sw = self.stride[1:]
         return "partial" if self.out_channels <= self.in_channels * sh * sw else "ring"
 
@@ -267,31 +293,66 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
         ho, wo = self._out_hw(frame.shape[2], frame.shape[3])
         return frame.shape[0] * ho * wo * k * self.out_channels * kh * kw <= _SHIFT_MAX_WORK
 
-    def _step(self, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
-        w, bias = self.weight, self.bias
+    def _fast_plan(self, frame: Tensor) -> _Plan | None:
+        """The CPU fast-path plan for ``frame``, or None where the generic path must run."""
+        params = self._parameters
+        w, bias = params["weight"], params["bias"]  # direct dict reads: no nn.Module __getattr__
         if (
-            frame.device.type == "cpu"
-            and frame.dtype in (torch.float32, torch.float64)
-            and not _needs_grad(frame, w, bias)
+            frame.device.type != "cpu"
+            or frame.dtype not in (torch.float32, torch.float64)
+            or _needs_grad(frame, w, bias)
         ):
-            # One cached plan per frame shape and weight version: a step at batch 1 is so small
-            # that re-deriving the layout and weights each call was a visible share of it.
-            key = (frame.shape, frame.dtype, self.layout, self.temporal_padding, _param_key(w))
-            plan = self._plan
-            if plan is None or plan[0] != key:
-                kind = self._fast_kind(self.resolved_layout(), frame)
-                plan = self._plan = (key, kind, None if kind is None else self._step_weight(kind))
-            if plan[1] is not None:
-                return self._step_fast(plan[1], plan[2], frame, state)
+            return None
+        # One cached plan per frame shape and weight version: a step at batch 1 is so small
+        # that re-deriving the layout, weights and sizes each call was a visible share of it.
+        key = (frame.shape, frame.dtype, self.layout, self.temporal_padding, _param_key(w))
+        plan = self._plan
+        if plan is None or plan.key != key:
+            plan = self._plan = self._make_plan(key, frame)
+        return plan if plan.kind is not None else None
+
+    def _step(self, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
+        plan = self._fast_plan(frame)
+        if plan is not None:
+            return self._step_fast(plan, self._parameters["bias"], frame, state)
         return self._step_generic(self.resolved_layout(), frame, state)
 
-    def _step_fast(self, kind: str, w2: Tensor, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
+    def step_residual(self, frame: Tensor, skip: Tensor, activation: str) -> Tensor | None:
+        """``activation(conv(frame) + skip)`` as one GEMM with ``skip`` as its addend, for a
+        stateless 1x1 conv with no activation of its own on the CPU fast path; None otherwise
+        (then the caller runs ``step`` and adds). Used by fused residual blocks."""
+        plan = self._fast_plan(frame)
+        if plan is None or plan.kind != "pointwise" or self.activation != "identity" or plan.stride != 1:
+            return None
+        x = hwc(frame)
+        if plan.spatial[1] != (1, 1):
+            x = x[:, :: plan.spatial[1][0], :: plan.spatial[1][1]]
+        b, h, w, c = x.shape
+        y = torch.addmm(hwc(skip).view(b * h * w, -1), x.reshape(b * h * w, c), plan.weight)
+        bias = self._parameters["bias"]
+        if bias is not None:
+            y.add_(bias)
+        return nchw(activate_(y, activation).view(b, h, w, -1))
+
+    def _make_plan(self, key: tuple, frame: Tensor) -> _Plan:
+        kind = self._fast_kind(self.resolved_layout(), frame)
+        w2: Tensor | list[Tensor] | None = None
+        if kind is not None:
+            w2 = self._step_weight(kind)
+            if kind == "dw_partial":
+                w2 = list(w2.unbind(0))  # one row per spatial offset, selected once
+        hw = self._out_hw(frame.shape[2], frame.shape[3])
+        spatial = (self.kernel_size[1:], self.stride[1:], self.padding[1:], self.dilation[1:])
+        return _Plan(key, kind, w2, self.delay, self.kernel_size[0], self.stride[0], hw, spatial)
+
+    def _step_fast(self, plan: _Plan, bias: Tensor | None, frame: Tensor, state: State) -> tuple[Tensor | None, State]:
         """Channels-last CPU step (inference only); same outputs and state shapes as the generic one.
 
         State is stored channels-last and handed out as a permuted view, so its logical shape is
         the documented one and either path can continue a state made by the other.
         """
-        k, s = self.kernel_size[0], self.stride[0]
+        kind, w2, k, s, delay = plan.kind, plan.weight, plan.k, plan.stride, plan.delay
+        stride2 = plan.spatial[1]
         if kind in ("pointwise", "conv"):
             count = None
             if s != 1:
@@ -299,19 +360,18 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
                 if not should_emit(count, 0, s):
                     return None, (tick(count, 0, s),)
             if kind == "pointwise":
-                y = nchw(activate_(pointwise(hwc(frame), w2, self.bias, self.stride[1:]), self.activation))
+                y = nchw(activate_(pointwise(hwc(frame), w2, bias, stride2), self.activation))
             else:
-                y = activate_(self._conv2d(frame, w2, self.bias), self.activation)
+                y = activate_(self._conv2d(frame, w2, bias), self.activation)
             return y, (() if count is None else (tick(count, 0, s),))
         buf, count = state
         n = int(count)
-        emit = n >= self.delay and (n - self.delay) % s == 0
-        new_count = count if (s == 1 and n > self.delay) else count + 1
+        emit = n >= delay and (n - delay) % s == 0
+        new_count = count if (s == 1 and n > delay) else count + 1
         x = hwc(frame)
         if kind in ("pw_ring", "ring"):
             b, h, w, _ = x.shape
-            g = self.groups
-            x = x.view(b, h, w, g, 1, -1)
+            x = x.view(b, h, w, self.groups, 1, -1)
             ring = buf.permute(0, 4, 5, 1, 2, 3)  # (B, H, W, g, k-1, Cin/g)
             if n == 0 and self.temporal_fill == "replicate":
                 ring = x.expand(-1, -1, -1, -1, k - 1, -1)
@@ -320,34 +380,33 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
             if emit:
                 flat = window.view(b, h, w, -1)
                 if kind == "pw_ring":
-                    y = pointwise(flat, w2, self.bias, self.stride[1:])
+                    y = pointwise(flat, w2, bias, stride2)
                 else:
-                    y = hwc(self._conv2d(nchw(flat), w2, self.bias))
+                    y = hwc(self._conv2d(nchw(flat), w2, bias))
                 out = nchw(activate_(y, self.activation))
             return out, (window[:, :, :, :, 1:].permute(0, 3, 4, 5, 1, 2), new_count)
         acc = buf.permute(0, 3, 2, 1)  # (B, H'W', k-1, Cout)
         if n == 0 and self.temporal_fill == "replicate":
             acc = None  # every earlier frame equals this one: feed it k-1 times first
             for _ in range(k - 1):
-                acc = self._taps(kind, w2, x, acc)[:, :, 1:]
-        taps = self._taps(kind, w2, x, acc)
+                acc = self._taps(plan, x, acc)[:, :, 1:]
+        taps = self._taps(plan, x, acc)
         out = None
         if emit:
-            y, _ = finish_partial(taps, self.bias, self.activation)
-            ho, wo = self._out_hw(frame.shape[2], frame.shape[3])
-            out = nchw(y.view(y.shape[0], ho, wo, -1))
+            y, _ = finish_partial(taps, bias, self.activation)
+            out = nchw(y.view(y.shape[0], *plan.out_hw, -1))
         return out, (taps[:, :, 1:].permute(0, 3, 2, 1), new_count)
 
-    def _taps(self, kind: str, w2: Tensor, x: Tensor, acc: Tensor | None) -> Tensor:
+    def _taps(self, plan: _Plan, x: Tensor, acc: Tensor | None) -> Tensor:
         """This frame's taps added onto the partial sums: ``(B, H'W', k, Cout)``."""
-        k = self.kernel_size[0]
+        kind, w2, k = plan.kind, plan.weight, plan.k
         if kind == "dw_partial":
-            spatial = (self.kernel_size[1:], self.stride[1:], self.padding[1:], self.dilation[1:])
-            return depthwise_taps(x, w2, acc, *spatial)
+            return depthwise_taps(x, w2, acc, *plan.spatial)
+        _, stride, padding, dilation = plan.spatial
         if kind in ("conv_partial", "dwconv_partial"):
-            conv = dict(stride=self.stride[1:], padding=self.padding[1:], dilation=self.dilation[1:])
-            return conv2d_taps(x, w2, acc, k, 1 if kind == "conv_partial" else self.groups, **conv)
-        y = pointwise(x, w2, None, self.stride[1:])
+            groups = 1 if kind == "conv_partial" else self.groups
+            return conv2d_taps(x, w2, acc, k, groups, stride=stride, padding=padding, dilation=dilation)
+        y = pointwise(x, w2, None, stride)
         b, ho, wo, _ = y.shape
         taps = y.view(b, ho * wo, k, -1)
         if acc is not None:

@@ -87,7 +87,10 @@ def convert(
         layout=layout,
         temporal_fill=temporal_fill,
     )
-    with torch.no_grad():
+    # inference_mode(False): called inside ``torch.inference_mode()``, the copy's parameters would
+    # be inference tensors, which have no version counter for the step's weight caches and
+    # cannot be used by autograd later. Converting outside it gives ordinary parameters.
+    with torch.inference_mode(False), torch.no_grad():
         out = convert_module(copy.deepcopy(module), opts)
     return out.train(module.training)
 

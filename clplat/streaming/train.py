@@ -26,6 +26,7 @@ import logging
 import shlex
 import sys
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -375,7 +376,9 @@ def run_training(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]
                                         switch_prob=cfg.data.switch_prob))
         pre_module = FrameClassifier(model, frame_spec, cfg.train.lr, cfg.train.weight_decay)
         pre_loader = DataLoader(pre, batch_size=cfg.train.pretrain_batch_size, shuffle=True, generator=gen)
-        make_trainer(cfg.train.pretrain_epochs).fit(pre_module, pre_loader)
+        with warnings.catch_warnings():  # no validation during pretraining, on purpose
+            warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+            make_trainer(cfg.train.pretrain_epochs).fit(pre_module, pre_loader)
         del pre, pre_loader
     trainer = make_trainer(cfg.train.epochs)
     trainer.fit(module, train_loader, val_loader)

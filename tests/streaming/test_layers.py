@@ -299,3 +299,113 @@ def test_unsupported_modules_fail_clearly():
         ContinualConv3d(2, 2, 3, dilation=(2, 1, 1))
     with pytest.raises(ValueError, match="temporal padding"):
         ContinualConv3d(2, 2, 3, temporal_padding=(3, 0))
+
+
+# ----- CPU fast path (no grad) vs generic path (autograd): same outputs, interchangeable state -----
+
+FAST_CASES = {
+    "dw_partial": dict(cin=6, cout=6, kernel=(3, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), groups=6),
+    "dw_1x1": dict(cin=5, cout=5, kernel=(5, 1, 1), stride=1, padding=0, groups=5, tpad=(2, 2)),
+    "dwconv_partial": dict(cin=6, cout=6, kernel=(3, 3, 3), stride=1, padding=(0, 1, 1), groups=6, big=True),
+    "pw_partial": dict(cin=4, cout=3, kernel=(3, 1, 1), stride=(1, 2, 2), padding=0, layout="partial"),
+    "conv_partial": dict(cin=4, cout=3, kernel=(3, 3, 3), stride=1, padding=(0, 1, 1), layout="partial"),
+    "pw_ring": dict(cin=3, cout=5, kernel=(3, 1, 1), stride=(2, 1, 1), padding=0, tpad=(1, 1)),
+    "ring": dict(cin=4, cout=6, kernel=(3, 3, 3), stride=(2, 2, 1), padding=(0, 1, 1), groups=2),
+    "pointwise": dict(cin=4, cout=6, kernel=1, stride=(2, 2, 2), padding=0),
+    "conv": dict(cin=4, cout=6, kernel=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+}
+
+
+def _fast_case(name: str, fill: str) -> ContinualConv3d:
+    c = FAST_CASES[name]
+    torch.manual_seed(7)
+    return ContinualConv3d(
+        c["cin"], c["cout"], c["kernel"], stride=c["stride"], padding=c["padding"], groups=c.get("groups", 1),
+        temporal_padding=c.get("tpad", (1, 1) if c["kernel"] not in (1, (1, 3, 3)) else (0, 0)), temporal_fill=fill,
+        layout=c.get("layout", "auto"), activation="silu",
+    )
+
+
+def _run(conv, clip, state, grad):
+    outs = []
+    with torch.set_grad_enabled(grad):
+        for t in range(clip.shape[2]):
+            y, state = conv.step(clip[:, :, t], state)
+            if y is not None:
+                outs.append(y.detach())
+    return outs, state
+
+
+@pytest.mark.parametrize("fill", ["zeros", "replicate"])
+@pytest.mark.parametrize("name", list(FAST_CASES))
+def test_fast_and_generic_steps_agree_and_share_state(name, fill, monkeypatch):
+    import clplat.streaming.conv as conv_mod
+
+    if FAST_CASES[name].get("big"):  # take oneDNN's grouped conv instead of shifted multiply-adds
+        monkeypatch.setattr(conv_mod, "_SHIFT_MAX_WORK", 0)
+    conv = _fast_case(name, fill)
+    clip = torch.randn(2, conv.in_channels, 8, 7, 6)
+    with torch.no_grad():
+        ref = conv(clip)
+    fast, _ = _run(conv, clip, None, grad=False)
+    assert conv._plan is not None and conv._plan.kind == name.replace("dw_1x1", "dw_partial")
+    generic, _ = _run(conv, clip, None, grad=True)
+    n = len(fast)
+    assert n == len(generic) >= 2
+    torch.testing.assert_close(torch.stack(fast, 2), ref[:, :, :n], atol=ATOL, rtol=0)
+    torch.testing.assert_close(torch.stack(generic, 2), ref[:, :, :n], atol=ATOL, rtol=0)
+    # a state made by one path continues on the other (either way round)
+    for first_grad in (False, True):
+        head, state = _run(conv, clip[:, :, :4], None, grad=first_grad)
+        tail, _ = _run(conv, clip[:, :, 4:], state, grad=not first_grad)
+        torch.testing.assert_close(torch.stack(head + tail, 2), ref[:, :, :n], atol=ATOL, rtol=0)
+
+
+def test_fast_step_state_has_the_documented_shapes():
+    conv = _fast_case("dw_partial", "zeros")
+    frame = torch.randn(2, 6, 7, 6)
+    with torch.no_grad():
+        _, (acc, _) = conv.step(frame)
+    assert acc.shape == conv.init_state(frame)[0].shape == (2, 6, 2, 4 * 3)
+    ring = _fast_case("ring", "zeros")
+    with torch.no_grad():
+        _, (buf, _) = ring.step(torch.randn(2, 4, 7, 6))
+    assert buf.shape == ring.init_state(torch.randn(2, 4, 7, 6))[0].shape == (2, 2, 2, 2, 7, 6)
+
+
+def test_weight_change_invalidates_the_fast_plan():
+    conv = _fast_case("dw_partial", "zeros")
+    clip = torch.randn(1, 6, 5, 7, 6)
+    with torch.no_grad():
+        conv.forward_steps(clip)
+        conv.weight.mul_(2)
+        out, _ = conv.forward_steps(clip)
+        ref = conv(clip)
+    torch.testing.assert_close(out, ref[:, :, : out.shape[2]], atol=ATOL, rtol=0)
+
+
+def test_convert_inside_inference_mode_then_step():
+    """Regression: convert() under inference_mode gave inference-tensor weights, and every later
+    step failed in the weight cache with 'Inference tensors do not track version counter'."""
+    from clplat.streaming import X3DS
+
+    torch.manual_seed(5)
+    net = X3DS(4, width=8, depths=(1, 1, 1, 1)).eval()
+    clip = torch.randn(1, 3, 10, 32, 32)
+    with torch.no_grad():
+        ref = net.forward_frames(clip)
+    with torch.inference_mode():
+        stream = convert(net)
+        in_inference, _ = stream.forward_steps(clip)
+    assert not any(p.is_inference() for p in stream.parameters())
+    with torch.no_grad():
+        no_grad, _ = stream.forward_steps(clip)
+    with_grad, _ = stream.forward_steps(clip)  # autograd path, outside any context
+    n = in_inference.shape[2]
+    for out in (in_inference, no_grad, with_grad.detach()):
+        torch.testing.assert_close(out, ref[:, :, :n], atol=ATOL, rtol=0)
+    # a layer built inside inference_mode (its weights are inference tensors) steps too
+    with torch.inference_mode():
+        conv = ContinualConv3d(3, 3, (3, 3, 3), padding=(0, 1, 1), groups=3, temporal_padding=(1, 1))
+        out, _ = conv.forward_steps(clip[:, :, :, :8, :8])
+        torch.testing.assert_close(out, conv(clip[:, :, :, :8, :8])[:, :, : out.shape[2]], atol=ATOL, rtol=0)

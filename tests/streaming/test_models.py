@@ -151,3 +151,18 @@ def test_real_size_x3d_s_steps_match_offline():
     stream = convert(net)
     assert stream.delay == 2 + 3 + 5 + 11 + 7
     _check(stream, clip, ref)
+
+
+def test_x3d_blocks_take_the_fused_cpu_step_and_match_the_generic_one():
+    from clplat.streaming.models.x3d import X3DBlockStream
+
+    net = _calibrate(X3DS(5, width=8, depths=(2, 1, 1, 1)), (1, 3, 4, 32, 32))
+    stream = convert(net)
+    blocks = [m for m in stream.modules() if isinstance(m, X3DBlockStream)]
+    assert len(blocks) == 5 and all(b._fused_parts() is not None for b in blocks)
+    assert any(b._fused_parts()[2] is not None for b in blocks)  # with and without SE
+    assert any(b._fused_parts()[2] is None for b in blocks)
+    clip = torch.randn(2, 3, 12, 32, 32)
+    fused = _check(stream, clip, net.forward_frames(clip).detach())  # no_grad: fused step
+    generic, _ = stream.forward_steps(clip)  # grad enabled: the generic Residual walk
+    torch.testing.assert_close(generic.detach(), fused, atol=ATOL, rtol=0)
