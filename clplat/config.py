@@ -133,16 +133,21 @@ class Config(BaseModel):
         return out
 
 
-def format_validation_errors(err: ValidationError, prefix: str = "") -> str:
+def format_validation_errors(err: ValidationError, prefix: str = "", union_tags: tuple[str, ...] = ()) -> str:
+    """One line naming each bad key path, e.g. ``config: scenario.n_tasks: Input should be ...``.
+
+    ``union_tags`` are discriminated-union tags pydantic puts in the path, which are not keys the
+    user wrote (e.g. ``model.x3d.width`` is reported as ``model.width``)."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        loc = [str(p) for p in e["loc"] if str(p) not in union_tags]
+        loc = ([prefix] if prefix else []) + loc
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in e and not isinstance(e["input"], dict | list):
             msg = f"{msg} (got {e['input']!r})"
-        parts.append(f"{loc}: {msg}" if loc else msg)
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "config: " + "; ".join(parts)
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from clplat.config import BackboneConfig, DataConfig, format_validation_errors, apply_overrides, load_yaml
+from clplat.config import BackboneConfig, DataConfig, apply_overrides, format_validation_errors, load_yaml
 from clplat.errors import UserError
 
 

@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from clplat.config import apply_overrides, load_yaml
+from clplat.config import apply_overrides, format_validation_errors, load_yaml
 from clplat.data.moving_digits import MovingDigits, MovingDigitsSpec
 from clplat.errors import UserError
 from clplat.streaming.sinks import write_json
@@ -138,20 +138,6 @@ class TrainConfig(_Strict):
     output: OutputSection = Field(default_factory=OutputSection)
 
 
-def _format_errors(err: ValidationError) -> str:
-    """One line naming each bad key, e.g. ``config: train.lr: Input should be a valid number``."""
-    parts = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        if len(loc) > 1 and loc[0] == "model" and loc[1] in ("x3d", "lrcn"):
-            loc.pop(1)  # the discriminated-union tag is not a key the user wrote
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict | list):
-            msg = f"{msg} (got {e['input']!r})"
-        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-    return "config: " + "; ".join(parts)
-
-
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML (``yaml.safe_load``) + ``key.sub=value`` overrides -> a validated config, or UserError."""
     raw = load_yaml(path) if path is not None else {}
@@ -159,7 +145,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_errors(err)) from None
+        raise UserError(format_validation_errors(err, union_tags=("x3d", "lrcn"))) from None
 
 
 # ---------------------------------------------------------------- models, weights on disk
