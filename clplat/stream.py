@@ -27,7 +27,10 @@ import torch
 from clplat.errors import UserError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED = {"stream_x3d_moving_digits": "stream_x3d_moving_digits.safetensors"}
+SHIPPED = {
+    "stream_x3d_moving_digits": "stream_x3d_moving_digits.safetensors",
+    "stream_lrcn_moving_digits": "stream_lrcn_moving_digits.safetensors",
+}
 DEFAULT_MODEL = "stream_x3d_moving_digits"
 DEFAULT_SYNTHETIC_FRAMES = 300
 
