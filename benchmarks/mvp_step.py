@@ -14,7 +14,6 @@ peak memory (CUDA: max allocated; CPU: peak RSS growth) is its own. ``--write-do
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import multiprocessing as mp
 import platform
@@ -23,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 BACKBONE = {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": 8, "embed_dim": 128, "depth": 6,
                                                         "num_heads": 4}}
@@ -38,23 +36,8 @@ def _ctx(num_classes: int, n_exposed: int):
                          generator=torch.Generator().manual_seed(0))
 
 
-def reference_gsf(f, y, m, head, ctx, gamma: float = 2.0):
-    """The release's ``_compute_grads``: B per-sample backward passes on a deep-copied head."""
-    head = copy.deepcopy(head)
-    logits = ctx.mask_logits(head(f.detach()) * m.detach())
-    per_sample = F.cross_entropy(logits, y, reduction="none")
-    grads = []
-    for i in range(len(y)):
-        head.zero_grad()
-        per_sample[i].backward(retain_graph=True)
-        grads.append(head.weight.grad[y[i]].clone())
-    head.zero_grad()
-    F.cross_entropy(logits, y).backward()
-    return (1 - F.cosine_similarity(torch.stack(grads), head.weight.grad[y], dim=1)) ** gamma
-
-
 def bench_gsf(device: str, B: int = 64, D: int = 768, C: int = 100, reps: int = 20) -> dict:
-    from clplat.strategies.mvp import gsf_weights
+    from clplat.strategies.mvp import gsf_weights, gsf_weights_reference
 
     torch.manual_seed(0)
     ctx = _ctx(C, 60)
@@ -77,7 +60,7 @@ def bench_gsf(device: str, B: int = 64, D: int = 768, C: int = 100, reps: int = 
         return out, (time.perf_counter() - t) / reps
 
     ours, t_closed = timed(closed)
-    ref, t_ref = timed(lambda: reference_gsf(f, y, m, head, ctx))
+    ref, t_ref = timed(lambda: gsf_weights_reference(f, y, m, head, ctx, 2.0))
     err = float((ours - ref).abs().max())
     return {"batch": B, "dim": D, "classes": C, "max_abs_diff": err, "closed_ms": 1e3 * t_closed,
             "per_sample_ms": 1e3 * t_ref, "speedup": t_ref / t_closed}

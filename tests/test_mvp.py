@@ -3,8 +3,6 @@ logit masks apply at eval, the use counter is state, and MVP-R stores original c
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +10,7 @@ import torch.nn.functional as F
 timm = pytest.importorskip("timm")
 
 from clplat.strategies import STRATEGIES, StreamContext  # noqa: E402
-from clplat.strategies.mvp import MVP, MVPConfig, cvpt_loss, gsf_weights  # noqa: E402
+from clplat.strategies.mvp import MVP, MVPConfig, cvpt_loss, gsf_weights, gsf_weights_reference  # noqa: E402
 
 C = 8
 
@@ -35,22 +33,6 @@ def _mvp(**kw) -> MVP:
     return MVP(cfg, _vit(), C, (3, 16, 16))
 
 
-def _reference_gsf(f, y, m, head, ctx, gamma):
-    """The release's `_compute_grads`: B backward passes on a copied head."""
-    head = copy.deepcopy(head)
-    logits = ctx.mask_logits(head(f.detach()) * m.detach())
-    per_sample = F.cross_entropy(logits, y, reduction="none")
-    grads = []
-    for i in range(len(y)):
-        head.zero_grad()
-        per_sample[i].backward(retain_graph=True)
-        grads.append(head.weight.grad[y[i]].clone())
-    head.zero_grad()
-    F.cross_entropy(logits, y).backward()
-    batch = head.weight.grad[y].clone()
-    return (1 - F.cosine_similarity(torch.stack(grads), batch, dim=1)) ** gamma
-
-
 def test_closed_form_gsf_equals_per_sample_backward() -> None:
     torch.manual_seed(1)
     ctx = _ctx([0, 1, 2, 3, 4, -1, -1, -1])
@@ -60,7 +42,7 @@ def test_closed_form_gsf_equals_per_sample_backward() -> None:
     logits = ctx.mask_logits(m * head(f))
     for gamma in (2.0, 1.0):
         ours = gsf_weights(f, y, logits, m, gamma)
-        ref = _reference_gsf(f, y, m, head, ctx, gamma)
+        ref = gsf_weights_reference(f, y, m, head, ctx, gamma)
         assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
     assert ours.shape == (32,) and (ours >= 0).all() and (ours <= 2 ** gamma + 1e-6).all()
 

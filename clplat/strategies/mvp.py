@@ -15,6 +15,7 @@ MVP-R stores original class ids and maps them to exposure indices exactly once.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -70,6 +71,23 @@ def gsf_weights(features: Tensor, y: Tensor, logits: Tensor, mask: Tensor, gamma
     gbar = coef.t() @ features / features.shape[0]                 # (C, D) batch-mean gradients
     cos = F.cosine_similarity(g, gbar[y], dim=1)
     return (1.0 - cos).pow(gamma)
+
+
+def gsf_weights_reference(features: Tensor, y: Tensor, mask: Tensor, head: nn.Linear, ctx: StreamContext,
+                          gamma: float) -> Tensor:
+    """The release's ``_compute_grads``: B per-sample backward passes on a copied head. Kept as the
+    PyTorch reference that :func:`gsf_weights` (the closed form) is tested and benchmarked against."""
+    head = copy.deepcopy(head)
+    logits = ctx.mask_logits(head(features.detach()) * mask.detach())
+    per_sample = F.cross_entropy(logits, y, reduction="none")
+    grads = []
+    for i in range(len(y)):
+        head.zero_grad()
+        per_sample[i].backward(retain_graph=True)
+        grads.append(head.weight.grad[y[i]].clone())
+    head.zero_grad()
+    F.cross_entropy(logits, y).backward()
+    return (1 - F.cosine_similarity(torch.stack(grads), head.weight.grad[y], dim=1)) ** gamma
 
 
 def cvpt_loss(dist_sel: Tensor, keys: Tensor, idx: Tensor, tau: Tensor,
