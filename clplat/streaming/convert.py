@@ -25,7 +25,7 @@ from torch import nn
 
 from clplat.streaming.containers import StreamSequential
 from clplat.streaming.conv import ContinualConv3d
-from clplat.streaming.module import FrameLocal, StreamModule
+from clplat.streaming.module import ANY_RANK, FrameLocal, StreamModule
 from clplat.streaming.pool import TemporalPool3d, WindowAvgPool
 from clplat.streaming.recurrent import StreamLSTM
 
@@ -234,24 +234,7 @@ def _frame_local(fold: bool) -> Converter:
     return fn
 
 
-_ELEMENTWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.SiLU,
-    nn.GELU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Mish,
-    nn.Softmax,
-    nn.Dropout,
-    nn.Dropout3d,
-    nn.Identity,
-    nn.BatchNorm3d,
-)
+_ELEMENTWISE = (*ANY_RANK, nn.Softmax, nn.Dropout3d, nn.BatchNorm3d)
 for _cls in _ELEMENTWISE:
     register_converter(_cls)(_frame_local(fold=False))
 for _cls in (nn.Linear, nn.Flatten, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv2d):

@@ -114,7 +114,7 @@ class FrameLocal(StreamModule):
         self.module = module
         self.fold = fold
         # Element-wise modules take a frame as it is: no unsqueeze/squeeze round trip per step.
-        self._any_rank = isinstance(module, _ANY_RANK)
+        self._any_rank = isinstance(module, ANY_RANK)
         self._register_state_dict_hook(_strip_module_prefix)
         self._register_load_state_dict_pre_hook(_add_module_prefix, with_module=True)
 
@@ -136,7 +136,8 @@ class FrameLocal(StreamModule):
         return self._apply_frame(frame), state
 
 
-_ANY_RANK = (
+# modules that act on each element (or each channel vector) alike, whatever the tensor rank
+ANY_RANK = (
     nn.ReLU,
     nn.ReLU6,
     nn.SiLU,
