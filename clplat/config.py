@@ -105,6 +105,7 @@ class Config(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint_every: int = Field(0, ge=0, description="stream samples between checkpoints; 0 = task ends")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; 1 is fastest on a busy machine")
 
     @model_validator(mode="after")
     def _strategy_section(self) -> Config:

@@ -58,6 +58,8 @@ class Experiment:
         self.run_dir = run_dir
         self.interrupted = False
         self.records: list[EvalRecord] = []
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
         self.data = build_dataset(cfg.data, cfg.seed)
         self.plan = build_plan(cfg.scenario, self.data.train_targets, self.data.num_classes, cfg.seed,
