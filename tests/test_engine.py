@@ -154,3 +154,12 @@ def test_resume_errors(tmp_path: Path) -> None:
     (rd / "checkpoints" / "last.pt").write_bytes(b"garbage")
     res = run_cli(["clplat.run", "--resume", str(rd)])
     assert res.returncode == 2 and "unreadable" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_threads_option_pins_torch_threads(small_overrides: list[str]) -> None:
+    before = torch.get_num_threads()
+    try:
+        Experiment(load_config(ER, small_overrides + ["threads=1"]), run_dir=None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
