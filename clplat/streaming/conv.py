@@ -42,7 +42,7 @@ from clplat.kernels.conv_step_cpu import (
     nchw,
     pointwise,
 )
-from clplat.streaming.module import State, StreamModule, new_counter, should_emit, tick
+from clplat.streaming.module import State, TemporalKernelModule, new_counter, should_emit, tick
 
 __all__ = ["ContinualConv3d", "apply_activation"]
 
@@ -85,7 +85,7 @@ class _Plan(NamedTuple):
 _SHIFT_MAX_WORK = 9 * 64 * 1024  # multiply-adds; see ContinualConv3d._shift_is_cheaper
 
 
-class ContinualConv3d(StreamModule, nn.Conv3d):
+class ContinualConv3d(TemporalKernelModule, nn.Conv3d):
     """``nn.Conv3d`` (same parameters and names) with ``step``; see the module docstring.
 
     ``padding`` is the spatial padding (its temporal entry must be 0); ``temporal_padding`` is
@@ -168,18 +168,10 @@ class ContinualConv3d(StreamModule, nn.Conv3d):
         new.load_state_dict(conv.state_dict())
         return new
 
-    # ----- timing ---------------------------------------------------------------------------
+    # ----- timing (delay / stride / receptive field from TemporalKernelModule) ------------------
     @property
-    def delay(self) -> int:
-        return self.kernel_size[0] - 1 - self.temporal_padding[0]
-
-    @property
-    def temporal_stride(self) -> int:
-        return self.stride[0]
-
-    @property
-    def receptive_field(self) -> int:
-        return self.kernel_size[0]
+    def left_pad(self) -> int:
+        return self.temporal_padding[0]
 
     def resolved_layout(self) -> str:
         """``"stateless"`` for 1-frame kernels; ``"ring"`` with temporal stride (it convolves only

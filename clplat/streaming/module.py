@@ -100,6 +100,30 @@ def _unfold_time(x: Tensor, b: int) -> Tensor:
     return x.reshape(b, x.shape[0] // b, *x.shape[1:]).movedim(1, 2)
 
 
+class TemporalKernelModule(StreamModule):
+    """Timing of a layer with a temporal kernel ``kernel_size[0]``, stride ``stride[0]`` and
+    ``left_pad`` frames of initial fill (continual convs and temporal pools)."""
+
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def left_pad(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def delay(self) -> int:
+        return self.kernel_size[0] - 1 - self.left_pad
+
+    @property
+    def temporal_stride(self) -> int:
+        return self.stride[0]
+
+    @property
+    def receptive_field(self) -> int:
+        return self.kernel_size[0]
+
+
 class FrameLocal(StreamModule):
     """A module that sees one frame at a time (activation, norm, dropout, linear, 2D CNN...).
 

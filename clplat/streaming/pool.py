@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clplat.streaming.module import State, StreamModule, new_counter, should_emit, tick
+from clplat.streaming.module import State, StreamModule, TemporalKernelModule, new_counter, should_emit, tick
 
 __all__ = ["TemporalPool3d", "WindowAvgPool"]
 
@@ -19,7 +19,7 @@ def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
-class TemporalPool3d(StreamModule):
+class TemporalPool3d(TemporalKernelModule):
     """``nn.AvgPool3d`` / ``nn.MaxPool3d`` semantics with a temporal kernel ``kt``.
 
     Left temporal padding is the initial fill (zeros for avg, -inf for max); with
@@ -44,16 +44,8 @@ class TemporalPool3d(StreamModule):
         self.count_include_pad = count_include_pad
 
     @property
-    def delay(self) -> int:
-        return self.kernel_size[0] - 1 - self.padding[0]
-
-    @property
-    def temporal_stride(self) -> int:
-        return self.stride[0]
-
-    @property
-    def receptive_field(self) -> int:
-        return self.kernel_size[0]
+    def left_pad(self) -> int:
+        return self.padding[0]
 
     def forward(self, clip: Tensor) -> Tensor:
         if self.mode == "max":
