@@ -7,6 +7,8 @@ For each network (X3D-S-like ``x3d_s`` and torchvision ``r2plus1d_18``, random w
 seed, eval mode) it measures, at batch 1, ``size`` x ``size`` RGB frames:
 
 - ``clplat``: ``clplat.streaming.convert(model).step`` once per frame (explicit state).
+- ``compiled``: the same step through ``clplat.streaming.compile_step`` (Inductor, C++ on CPU);
+  its one-off compilation happens during warm-up and is reported apart (``warm-up s``).
 - ``sliding``: the offline model recomputed on the last ``window`` frames at every frame.
   For r2plus1d_18 (temporal stride 8, so a stream emits every 8th frame) it also reports
   ``sliding/8``: the recompute only every 8th frame, i.e. the same output rate as the stream.
@@ -187,14 +189,21 @@ def build_co(name: str, model: nn.Module) -> nn.Module:
 
 def make_runner(variant: str, name: str, model: nn.Module, window: int) -> Any:
     """A callable ``frame (B, C, H, W) -> logits (B, K) | None`` holding its own stream state."""
-    if variant == "clplat":
+    if variant in ("clplat", "compiled"):
         stream = build_clplat(name, model)
+        step = stream.step
+        if variant == "compiled":
+            from clplat.streaming import compile_step
+
+            step = compile_step(stream)
         box: list[Any] = [None]
 
         def run(frame: Tensor) -> Tensor | None:
-            y, box[0] = stream.step(frame, box[0])
+            y, box[0] = step(frame, box[0])
             return None if y is None else y.reshape(y.shape[0], -1)
 
+        run.compiled = step if variant == "compiled" else None  # type: ignore[attr-defined]
+        run.period = stream.temporal_stride  # type: ignore[attr-defined]
         return run
     if variant == "co":
         net = build_co(name, model)
@@ -252,8 +261,24 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     with torch.inference_mode():
         outputs = []
         warm = task["warmup"]
+        t0 = time.perf_counter()
         for t in range(warm):
             outputs.append(run(frames[:, :, t]))
+        compiled = getattr(run, "compiled", None)
+        if compiled is not None:
+            # Layers behind a temporal stride leave warm-up late (their delays count in their own,
+            # slower frames), so new phases keep appearing after the network's delay: step on
+            # until two whole periods replay compiled graphs only, so no eager step or
+            # compilation lands in the timed frames.
+            quiet, t = 0, 0
+            while quiet < 2 * run.period and t < 100 * run.period:
+                before = (compiled.compilations, compiled.eager_steps)
+                run(frames[:, :, t % warm])
+                quiet = quiet + 1 if (compiled.compilations, compiled.eager_steps) == before else 0
+                t += 1
+            result["extra_warmup_frames"] = t
+            result["compilations"] = compiled.compilations
+        result["warmup_s"] = time.perf_counter() - t0
         if task.get("check"):
             result["outputs"] = [None if o is None else o.tolist() for o in outputs]
         gc.collect()
@@ -293,7 +318,7 @@ def check_outputs(name: str, size: int, window: int, frames: int, threads: int) 
     model = build_offline(name)
     clip = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(1))
     stream = build_clplat(name, model)
-    runners = {v: make_runner(v, name, model, window) for v in ("clplat", "co")}
+    runners = {v: make_runner(v, name, model, window) for v in ("clplat", "compiled", "co")}
     errs: dict[str, float] = {}
 
     def close(variant: str, got: Tensor, want: Tensor) -> None:
@@ -309,6 +334,7 @@ def check_outputs(name: str, size: int, window: int, frames: int, threads: int) 
                 for v, run in runners.items()}
         n = len(outs["clplat"])
         close("clplat", torch.cat(outs["clplat"]), ref[:n])
+        close("compiled", torch.cat(outs["compiled"]), ref[: len(outs["compiled"])])
         m = min(len(outs["co"]), n - (HEAD_WINDOW[name] - 1))  # align the ends; skip the head's warm-up
         close("co", torch.cat(outs["co"][-m:]), ref[n - m: n])
         last = clip[:, :, -window:]
@@ -329,6 +355,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=24, help="timed steady-state frames for step methods")
+    p.add_argument("--variants", nargs="+", default=["clplat", "compiled", "co", "sliding", "sliding/8"],
+                   help="clplat, compiled, co, sliding, sliding/8 (r2plus1d_18 only); clplat is the reference")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
@@ -339,13 +367,14 @@ def main() -> None:
     report: dict[str, Any] = {"cpu": cpu, "threads": args.threads, "size": args.size, "window": args.window,
                               "models": {}}
     for name in args.models:
-        check_frames = 48 if name == "x3d_s" else 80  # past the delay (28 / 54 frames)
+        # past the delay (28 / 54 frames) and, for the compiled step, two periods of its phases
+        check_frames = 48 if name == "x3d_s" else 80
         errs = check_outputs(name, args.size, args.window, check_frames, args.threads)
         print(f"\n## {name}: outputs equal to the offline network (max |diff|: "
               + ", ".join(f"{k} {v:.1e}" for k, v in errs.items() if k != "positions_checked")
               + f"; {int(errs['positions_checked'])} stepped positions)")
-        variants = ["clplat", "co", "sliding"] + (["sliding/8"] if name == "r2plus1d_18" else [])
-        warm = 40 if name == "x3d_s" else 64  # past the delay (28 / 54 frames) and a stride phase
+        variants = [v for v in args.variants if v != "sliding/8" or name == "r2plus1d_18"]
+        warm = 40 if name == "x3d_s" else 72  # past the delay (28 / 54 frames) and two stride periods
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for _ in range(args.rounds):
             for v in variants:
@@ -359,26 +388,29 @@ def main() -> None:
         for v in variants:
             ms = [x for r in runs[v] for x in r["ms"]]
             per[v] = {**_stats(ms), "peak_mib": statistics.median(r["peak_mib"] or 0 for r in runs[v]),
-                      "n": len(ms)}
-        print("| method | per-frame ms (mean) | p50 | peak extra MiB |")
-        print("|---|---|---|---|")
+                      "n": len(ms), "warmup_s": statistics.median(r["warmup_s"] for r in runs[v]),
+                      "rss_mib": statistics.median(r["model_rss_mib"] for r in runs[v])}
+        print("| method | per-frame ms (mean) | p50 | peak extra MiB | process RSS MiB | warm-up s |")
+        print("|---|---|---|---|---|---|")
         for v in variants:
-            print(f"| {v} | {per[v]['mean']:.2f} | {per[v]['p50']:.2f} | {per[v]['peak_mib']:.1f} |")
-        for base in variants[1:]:
-            p50 = per[base]["p50"] / per["clplat"]["p50"]
-            print(f"clplat vs {base}: {per[base]['mean'] / per['clplat']['mean']:.1f}x faster (mean), "
-                  + (f"{p50:.1f}x (p50); " if p50 > 0 else "")
-                  + f"peak memory {per[base]['peak_mib']:.1f} vs {per['clplat']['peak_mib']:.1f} MiB")
+            print(f"| {v} | {per[v]['mean']:.2f} | {per[v]['p50']:.2f} | {per[v]['peak_mib']:.1f} "
+                  f"| {per[v]['rss_mib']:.0f} | {per[v]['warmup_s']:.1f} |")
+        for mine in [v for v in ("clplat", "compiled") if v in variants]:
+            for base in [v for v in variants if v not in ("clplat", "compiled")]:
+                p50 = per[base]["p50"] / per[mine]["p50"]
+                print(f"{mine} vs {base}: {per[base]['mean'] / per[mine]['mean']:.1f}x faster (mean), "
+                      + (f"{p50:.1f}x (p50); " if p50 > 0 else "")
+                      + f"peak memory {per[base]['peak_mib']:.1f} vs {per[mine]['peak_mib']:.1f} MiB")
         multi = {}
-        for v in ("clplat", "co"):
+        for v in [v for v in ("clplat", "compiled", "co") if v in variants]:
             task = {"model": name, "variant": v, "batch": 8, "size": args.size, "window": args.window,
                     "frames": warm + max(8, args.steps // 2), "warmup": warm, "threads": args.threads}
             r = run_child(task)
             mean_s = statistics.fmean(r["ms"]) / 1e3
             multi[v] = {"step_ms": mean_s * 1e3, "frames_per_s": 8 / mean_s, "peak_mib": r["peak_mib"]}
-        print(f"8 streams batched: clplat {multi['clplat']['frames_per_s']:.1f} frames/s "
-              f"({multi['clplat']['step_ms']:.1f} ms per batched step), co {multi['co']['frames_per_s']:.1f} "
-              f"frames/s; 1 stream clplat {1e3 / per['clplat']['mean']:.1f} frames/s")
+        print("8 streams batched: " + ", ".join(
+            f"{v} {r['frames_per_s']:.1f} frames/s ({r['step_ms']:.1f} ms per batched step)" for v, r in multi.items())
+            + "; 1 stream: " + ", ".join(f"{v} {1e3 / per[v]['mean']:.1f} frames/s" for v in multi))
         report["models"][name] = {"max_abs_diff": errs, "batch1": per, "batch8": multi}
     if args.json:
         with open(args.json, "w") as f:

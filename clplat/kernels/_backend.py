@@ -6,13 +6,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import torch
 
 BACKENDS = ("auto", "triton", "reference")
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+_TRACING = [False]
+
+
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    """While a step is recorded for a compiler (``clplat.streaming.compile_step``): dispatchers pick
+    the PyTorch reference (a compiler fuses it itself, and a hand-written kernel launch cannot be
+    traced) and fast paths pick their out-of-place formulations."""
+    previous, _TRACING[0] = _TRACING[0], True
+    try:
+        yield
+    finally:
+        _TRACING[0] = previous
+
+
+def is_tracing() -> bool:
+    return _TRACING[0]
 
 
 def triton_available() -> bool:
@@ -29,6 +48,8 @@ def choose_backend(tensor: torch.Tensor, backend: str | None = None) -> str:
     choice = (backend or os.environ.get("CLPLAT_KERNELS", "auto")).lower()
     if choice not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {choice!r}")
+    if _TRACING[0]:
+        return "reference"
     if choice == "auto":
         return "triton" if (_HAS_TRITON and tensor.is_cuda) else "reference"
     if choice == "triton":

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clplat.kernels._backend import is_tracing
+
 __all__ = [
     "activate_",
     "conv2d_taps",
@@ -123,6 +125,8 @@ def depthwise_taps(
     padding is never materialised (``F.pad`` was ~15 % of this function), and every window is
     one ``as_strided`` view from a plan cached per shape.
     """
+    if is_tracing():
+        return _taps_out_of_place(x, weight, acc, (kernel, stride, padding, dilation))
     x = x.contiguous()
     b, h, w, c = x.shape
     k = weight[0].shape[0]
@@ -140,6 +144,34 @@ def depthwise_taps(
         out = buf.as_strided((*size[:3], k, c), bstr, bo + boff)
         out.addcmul_(x.as_strided(size, xstr, xo + xoff), weight[i])
     return buf.view(b, ho * wo, k, c)
+
+
+def _taps_out_of_place(
+    x: Tensor, weight: Tensor | list[Tensor], acc: Tensor | None, spatial: tuple[tuple[int, int], ...]
+) -> Tensor:
+    """``depthwise_taps`` as out-of-place element-wise ops (pad, strided slices, multiply-adds).
+
+    Why: while a step is recorded for a compiler (``clplat.kernels.tracing``), Inductor fuses this
+    whole expression, partial sums included, into one loop nest, whereas the in-place
+    ``as_strided`` updates would be traced as scatters. Eager, it is slower.
+    """
+    kernel, stride, padding, dilation = spatial
+    b, h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (0, 0, pw, pw, ph, ph)).unsqueeze(3)  # (B, H+2ph, W+2pw, 1, C)
+    buf = None
+    for i in range(kh * kw):
+        dy, dx = i // kw * dh, i % kw * dw
+        win = xp[:, dy : dy + (ho - 1) * sh + 1 : sh, dx : dx + (wo - 1) * sw + 1 : sw]
+        term = win * weight[i]
+        buf = term if buf is None else buf + term
+    assert buf is not None
+    buf = buf.reshape(b, ho * wo, -1, c)
+    if acc is not None:
+        buf = buf + F.pad(acc, (0, 0, 0, 1))
+    return buf.contiguous()  # a broadcast product may come out in another layout at batch > 1
 
 
 def conv2d_taps(x: Tensor, weight: Tensor, acc: Tensor | None, k: int, groups: int = 1, **conv: object) -> Tensor:

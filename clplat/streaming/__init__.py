@@ -4,6 +4,7 @@ Entry points: ``convert(offline_module) -> StreamModule`` and the offline networ
 ``LRCN`` and torchvision's video ResNets (``clplat.streaming.models``). See docs/streaming.md.
 """
 
+from clplat.streaming.compiled import CompiledStep, compile_step
 from clplat.streaming.containers import Delay, Parallel, Residual, StreamSequential, chain_timing
 from clplat.streaming.conv import ContinualConv3d
 from clplat.streaming.convert import ConvertOptions, convert, register_converter
@@ -15,6 +16,7 @@ from clplat.streaming.recurrent import StreamLSTM, lstm_cell_step
 __all__ = [
     "LRCN",
     "X3DS",
+    "CompiledStep",
     "ContinualConv3d",
     "ConvertOptions",
     "Delay",
@@ -28,6 +30,7 @@ __all__ = [
     "TemporalPool3d",
     "WindowAvgPool",
     "chain_timing",
+    "compile_step",
     "convert",
     "lstm_cell_step",
     "register_converter",

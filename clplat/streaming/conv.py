@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clplat.kernels import conv_epilogue
+from clplat.kernels import conv_epilogue, is_tracing
 from clplat.kernels.conv_step_cpu import (
     activate_,
     conv2d_taps,
@@ -281,6 +281,8 @@ class ContinualConv3d(TemporalKernelModule, nn.Conv3d):
         maps; past ~64K buffer elements per 3x3 window they turn memory-bound (X3D-S at 112 px:
         28x28x54 shift 450 µs vs conv 220 µs; 7x7x216 91 vs 170; 4x4x432 73 vs 247; the
         stem's (5,1,1) on 56x56x24 is one multiply-add, ~150 µs vs ~900)."""
+        if is_tracing():  # compiled, the multiply-adds fuse into one loop at every size
+            return True
         k, kh, kw = self.kernel_size
         ho, wo = self._out_hw(frame.shape[2], frame.shape[3])
         return frame.shape[0] * ho * wo * k * self.out_channels * kh * kw <= _SHIFT_MAX_WORK
@@ -297,7 +299,7 @@ class ContinualConv3d(TemporalKernelModule, nn.Conv3d):
             return None
         # One cached plan per frame shape and weight version: a step at batch 1 is so small
         # that re-deriving the layout, weights and sizes each call was a visible share of it.
-        key = (frame.shape, frame.dtype, self.layout, self.temporal_padding, _param_key(w))
+        key = (frame.shape, frame.dtype, self.layout, self.temporal_padding, _param_key(w), is_tracing())
         plan = self._plan
         if plan is None or plan.key != key:
             plan = self._plan = self._make_plan(key, frame)
@@ -361,7 +363,7 @@ class ContinualConv3d(TemporalKernelModule, nn.Conv3d):
         buf, count = state
         n = int(count)
         emit = n >= delay and (n - delay) % s == 0
-        new_count = count if (s == 1 and n > delay) else count + 1
+        new_count = tick(count, delay, s)
         x = hwc(frame)
         if kind in ("pw_ring", "ring"):
             b, h, w, _ = x.shape

@@ -38,10 +38,15 @@ def should_emit(count: Tensor, delay: int, stride: int) -> bool:
 
 
 def tick(count: Tensor, delay: int, stride: int) -> Tensor:
-    """The next counter. Past warm-up with stride 1 it saturates (same tensor, no allocation);
-    it stays above 0, so ``count == 0`` always means "first frame of the stream"."""
-    if stride == 1 and int(count) > delay:
+    """The next counter. Past warm-up it cycles through ``delay+1 .. delay+stride`` (with stride 1
+    it saturates: same tensor, no allocation), so a steady stream's counters repeat with the
+    stride's period, which lets ``compile_step`` reuse one compiled graph per phase. It stays
+    above 0, so ``count == 0`` always means "first frame of the stream"."""
+    n = int(count)
+    if n > delay and stride == 1:
         return count
+    if n >= delay + stride:  # wrap to the same phase, one period earlier
+        return count - (stride - 1)
     return count + 1
 
 

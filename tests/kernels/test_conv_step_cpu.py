@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from clplat.kernels import tracing
 from clplat.kernels.conv_step_cpu import conv2d_taps, depthwise_taps, finish_partial, hwc, pointwise
 
 ATOL = 1e-5
@@ -26,8 +28,10 @@ GRID = [
 ]
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["in-place", "out-of-place"])
 @pytest.mark.parametrize("h,w,kh,kw,s,p,d,b", GRID)
-def test_depthwise_taps_match_grouped_conv2d(h, w, kh, kw, s, p, d, b):
+def test_depthwise_taps_match_grouped_conv2d(h, w, kh, kw, s, p, d, b, traced):
+    """Both forms: the in-place eager kernel and the out-of-place one recorded for compilation."""
     torch.manual_seed(h * 100 + w)
     c, k = 5, 3
     x = torch.randn(b, c, h, w)
@@ -37,7 +41,8 @@ def test_depthwise_taps_match_grouped_conv2d(h, w, kh, kw, s, p, d, b):
     acc = torch.randn(b, ref.shape[1], k - 1, c)
     ref[:, :, :-1] += acc
     w2 = weight.flip(1).permute(2, 3, 1, 0).reshape(kh * kw, k, c)
-    got = depthwise_taps(hwc(x), w2, acc, (kh, kw), (s, s), (p, p), (d, d))
+    with tracing() if traced else contextlib.nullcontext():
+        got = depthwise_taps(hwc(x), w2, acc, (kh, kw), (s, s), (p, p), (d, d))
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
     assert got.is_contiguous()
 

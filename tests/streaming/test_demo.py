@@ -87,6 +87,26 @@ def test_demo_on_synthetic_scores_per_frame_accuracy(tiny_model: Path, tmp_path:
     assert (tmp_path / "runs/stream/annotated.mp4").is_file()
 
 
+@pytest.mark.slow
+def test_compiled_demo_scores_like_the_eager_one(tiny_model: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compile``: same predictions (same accuracy over the same frames), compilation reported
+    apart and left out of the latency statistics."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    summaries = {}
+    for extra in ([], ["--compile"]):
+        stats = tmp_path / f"stats{len(extra)}.json"
+        args = ["--model", str(tiny_model), "--max-frames", "20", "--stats", str(stats), *extra]
+        assert main(args) == 0
+        summaries[len(extra)] = json.loads(stats.read_text())
+    eager, compiled = summaries[0], summaries[1]
+    assert compiled["accuracy"] == eager["accuracy"]
+    assert compiled["compiled"]["phases"] == 1 and compiled["compiled"]["compile_s"] > 0
+    assert compiled["step_latency"]["frames"] == 19  # the frame that compiled is reported apart
+    assert compiled["step_latency"]["max_ms"] < 1e3 * compiled["compiled"]["compile_s"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--source", "missing.mp4"], "source not found"),
     (["--source", "webcam:97"], "no camera found"),

@@ -409,3 +409,21 @@ def test_convert_inside_inference_mode_then_step():
         conv = ContinualConv3d(3, 3, (3, 3, 3), padding=(0, 1, 1), groups=3, temporal_padding=(1, 1))
         out, _ = conv.forward_steps(clip[:, :, :, :8, :8])
         torch.testing.assert_close(out, conv(clip[:, :, :, :8, :8])[:, :, : out.shape[2]], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("delay,stride", [(0, 1), (3, 1), (0, 2), (2, 3), (5, 8)])
+def test_counters_emit_on_schedule_and_stay_bounded(delay: int, stride: int) -> None:
+    """``tick`` saturates (stride 1) or cycles with the stride's period, so steady streams repeat
+    their phases (what ``compile_step`` keys on) and a counter never grows with the stream."""
+    from clplat.streaming.module import new_counter, should_emit, tick
+
+    count, emitted, seen = new_counter(), [], []
+    for t in range(60):
+        if should_emit(count, delay, stride):
+            emitted.append(t)
+        seen.append(int(count))
+        count = tick(count, delay, stride)
+    assert emitted == list(range(delay, 60, stride))
+    assert max(seen) <= delay + stride and min(seen[1:], default=1) >= 1
+    steady = seen[delay + 1 :]
+    assert all(steady[i] == steady[i + stride] for i in range(len(steady) - stride))
