@@ -123,8 +123,11 @@ class CompiledStep:
     """``step(frame, state) -> (output | None, state)`` like ``module.step``, compiled per phase.
 
     ``backend`` / ``options`` go to ``torch.compile``'s backend (default: Inductor with
-    ``CPU_OPTIONS`` on CPU frames). A phase is compiled the second time it is seen, so warm-up
-    steps (each seen once) never pay for a compilation; at most ``max_phases`` phases are kept.
+    ``CPU_OPTIONS`` on CPU frames). A phase is compiled when it comes back within
+    ``max_period`` calls (default: the network's temporal stride, the longest cycle a steady
+    stream has), so warm-up phases, which recur only with the next stream, never pay for a
+    compilation. Streams interleaved through one object in different phases need a larger
+    ``max_period``. At most ``max_phases`` compiled phases are kept.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class CompiledStep:
         backend: str = "inductor",
         options: dict[str, Any] | None = None,
         max_phases: int = 64,
+        max_period: int | None = None,
         atol: float = 1e-4,
     ) -> None:
         if module.training:
@@ -141,6 +145,9 @@ class CompiledStep:
         self.backend = backend
         self.options = options
         self.max_phases = max_phases
+        # A steady phase comes back within the network's temporal stride (every layer's counter
+        # cycle divides it); a warm-up phase only with the next stream, so it stays eager.
+        self.max_period = max_period if max_period is not None else max(1, module.temporal_stride)
         self.atol = atol
         self.compilations = 0  # phases compiled so far
         self.eager_steps = 0  # steps that ran eagerly (warm-up, first sight of a phase, failures)
@@ -149,7 +156,8 @@ class CompiledStep:
     def reset(self) -> None:
         """Forget every compiled phase (after the module's weights changed)."""
         self._phases: OrderedDict[tuple, _Phase] = OrderedDict()
-        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._seen: OrderedDict[tuple, int] = OrderedDict()  # phase key -> call that last saw it
+        self._calls = 0
         self._uncompilable: set[tuple] = set()
         # The state this object returned last, with what replay already knows about it, so the
         # usual streaming loop (feed back the state you were given) skips flattening it.
@@ -159,6 +167,7 @@ class CompiledStep:
         return self.step(frame, state)
 
     def step(self, frame: Tensor, state: State = None) -> tuple[Tensor | None, State]:
+        self._calls += 1
         frame_sig = (frame.shape, frame.dtype, frame.device)
         last, self._last = self._last, None
         if last is not None and state is last[0]:
@@ -179,12 +188,13 @@ class CompiledStep:
         phase = self._phases.get(key)
         if phase is not None:
             return self._replay(phase, frame, data)
-        if key not in self._seen:
-            self._seen[key] = None
+        last_seen = self._seen.pop(key, None)
+        if last_seen is None or self._calls - last_seen > self.max_period:
+            # First sight, or a warm-up phase coming back with the next stream: eager.
+            self._seen[key] = self._calls
             if len(self._seen) > 4 * self.max_phases:
                 self._seen.popitem(last=False)
             return self._eager(frame, state)
-        del self._seen[key]
         if key in self._uncompilable:
             return self._eager(frame, state)
         try:

@@ -48,41 +48,45 @@ def _stream(step, clip: torch.Tensor, state=None) -> tuple[list[torch.Tensor], l
 
 @pytest.fixture(scope="module")
 def x3d():
+    """One network and one ``CompiledStep`` shared by the X3D tests: its steady phase compiles once."""
     torch.manual_seed(1)
     net = _calibrated(X3DS(5, width=8, depths=(2, 1, 1, 1), head_window=3, causal=True), (1, 3, 6, 32, 32))
-    return net, convert(net)
+    stream = convert(net)
+    return net, stream, compile_step(stream)
 
 
 def test_x3d_compiled_step_matches_offline_and_compiles_one_phase(x3d):
-    net, stream = x3d
+    net, _, compiled = x3d
     clip = torch.randn(1, 3, 14, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = net.forward_frames(clip)  # (B, K, T): causal, one output per frame
-    compiled = compile_step(stream)
+    eager_before = compiled.eager_steps
     outs, at, _ = _stream(compiled, clip)
     assert at == list(range(14))
     torch.testing.assert_close(torch.stack(outs, dim=2), ref, rtol=0, atol=ATOL)
     # warm-up phases run eagerly (each seen once); the saturated steady phase is compiled once
     assert compiled.compilations == 1
+    assert compiled.eager_steps - eager_before <= 7  # the head's window warm-up, then replays
 
 
 def test_states_pass_between_compiled_and_eager_steps(x3d):
-    net, stream = x3d
+    net, stream, compiled = x3d
     clip = torch.randn(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = net.forward_frames(clip)
-    compiled = compile_step(stream)
     first, _, state = _stream(compiled, clip[:, :, :10])
     second, _, state = _stream(stream.step, clip[:, :, 10:13], state)  # eager continues a compiled state
     third, _, _ = _stream(compiled, clip[:, :, 13:], state)  # and back
     torch.testing.assert_close(torch.stack(first + second + third, dim=2), ref, rtol=0, atol=ATOL)
+    # another stream through the same object: its warm-up phases come back, but not within the
+    # network's period, so they stay eager; only the one steady phase is ever compiled
+    assert compiled.compilations == 1
 
 
 def test_a_state_reused_twice_gives_the_same_output(x3d):
     """Branching a stream (feeding an older state again) takes the keyed path, not the cached one."""
-    _, stream = x3d
+    _, stream, compiled = x3d
     clip = torch.randn(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(4))
-    compiled = compile_step(stream)
     _, _, state = _stream(compiled, clip[:, :, :8])
     frame = clip[:, :, 8]
     with torch.inference_mode():
@@ -94,9 +98,8 @@ def test_a_state_reused_twice_gives_the_same_output(x3d):
 
 
 def test_channels_last_frames_are_relaid_out(x3d):
-    net, stream = x3d
+    _, stream, compiled = x3d
     clip = torch.randn(1, 3, 10, 32, 32, generator=torch.Generator().manual_seed(5))
-    compiled = compile_step(stream)
     _, _, state = _stream(compiled, clip[:, :, :9])
     with torch.inference_mode():
         y, _ = compiled(clip[:, :, 9].contiguous(memory_format=torch.channels_last), state)
