@@ -20,6 +20,7 @@ Contract:
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -297,6 +298,9 @@ class CompiledStep:
             # per call and no recompiles for inference tensors; the phase key and the stride
             # check in ``_replay`` are the guards.
             from torch._inductor.compile_fx import compile_fx
+
+            # its "No CUDA runtime is found" notice on CPU-only machines says nothing useful here
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
             for node in graph.graph.nodes:  # make_fx's per-value fake modes; Inductor re-derives them
                 node.meta.pop("val", None)
