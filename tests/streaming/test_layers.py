@@ -24,19 +24,9 @@ from clplat.streaming import (
     convert,
 )
 from clplat.streaming.models.x3d import TemporalWindowAvg
+from tests.streaming.stepping import step_clip
 
 ATOL = 1e-5
-
-
-def _steps(module, clip):
-    """Step through ``clip``; returns (stacked outputs, indices of the steps that emitted)."""
-    outs, emitted, state = [], [], None
-    for t in range(clip.shape[2]):
-        y, state = module.step(clip[:, :, t], state)
-        if y is not None:
-            outs.append(y)
-            emitted.append(t)
-    return torch.stack(outs, 2), emitted
 
 
 CONV_CASES = list(
@@ -69,7 +59,7 @@ def test_conv_steps_match_forward(layout, kpad, t_stride, groups, fill):
     )
     clip = torch.randn(2, 4, 9, 7, 6)
     ref = conv(clip)
-    out, emitted = _steps(conv, clip)
+    out, emitted = step_clip(conv, clip)
     # emitted exactly at stride*j + delay, for every position whose window ends inside the clip
     n = (clip.shape[2] + left - k) // t_stride + 1
     assert emitted == [t_stride * j + conv.delay for j in range(n)]
@@ -94,7 +84,7 @@ def test_converted_conv_matches_nn_conv3d(kernel, padding, stride):
     clip = torch.randn(1, 5, 11, 9, 9)
     ref = ref_conv(clip)
     torch.testing.assert_close(conv(clip), ref, atol=ATOL, rtol=0)
-    out, emitted = _steps(conv, clip)
+    out, emitted = step_clip(conv, clip)
     torch.testing.assert_close(out, ref[:, :, : out.shape[2]], atol=ATOL, rtol=0)
     assert emitted[0] == conv.delay == kernel[0] - 1 - (padding if isinstance(padding, int) else padding[0])
 
@@ -150,7 +140,7 @@ def test_temporal_pool_matches_nn_pool(mode, kernel, stride, padding, cip):
     pool = convert(ref_pool)
     clip = torch.randn(2, 3, 10, 8, 7)
     ref = ref_pool(clip)
-    out, emitted = _steps(pool, clip)
+    out, emitted = step_clip(pool, clip)
     assert emitted[0] == pool.delay and emitted[1] - emitted[0] == stride[0]
     torch.testing.assert_close(out, ref[:, :, : out.shape[2]], atol=ATOL, rtol=0)
 
@@ -162,7 +152,7 @@ def test_window_avg_pool(window):
     ref = TemporalWindowAvg(window)(clip)
     pool = WindowAvgPool(window)
     torch.testing.assert_close(pool(clip), ref, atol=ATOL, rtol=0)
-    out, emitted = _steps(pool, clip)
+    out, emitted = step_clip(pool, clip)
     assert emitted == list(range(9))
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
     if window is None:  # the running mean at the last frame is the global average
@@ -180,7 +170,7 @@ def test_lstm_matches_nn_lstm(batch_first, num_layers):
     seq = x.transpose(1, 2) if batch_first else x.permute(2, 0, 1)
     ref, _ = lstm(seq)
     ref = ref.transpose(1, 2) if batch_first else ref.permute(1, 2, 0)
-    out, emitted = _steps(stream, x)
+    out, emitted = step_clip(stream, x)
     assert emitted == list(range(7)) and stream.receptive_field is None
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
     with pytest.raises(NotImplementedError):
@@ -206,7 +196,7 @@ def test_residual_aligns_branch_delays():
     clip = torch.randn(1, 3, 8, 2, 2)
     ref = torch.relu(nn.functional.conv3d(clip, conv.weight, conv.bias, padding=(1, 0, 0)) + clip)
     assert block.delay == 1
-    out, emitted = _steps(block, clip)
+    out, emitted = step_clip(block, clip)
     assert emitted == list(range(1, 8))
     torch.testing.assert_close(out, ref[:, :, :7], atol=ATOL, rtol=0)
 
@@ -219,7 +209,7 @@ def test_parallel_concat_and_strided_residual():
     par = Parallel(OrderedDict(fast=fast, slow=slow), reduce="concat")
     clip = torch.randn(1, 2, 9, 3, 3)
     ref = torch.cat([fast(clip), slow(clip)], 1)
-    out, emitted = _steps(par, clip)
+    out, emitted = step_clip(par, clip)
     assert par.delay == 2 and emitted[0] == 2
     torch.testing.assert_close(out, ref[:, :, : out.shape[2]], atol=ATOL, rtol=0)
     # a residual whose branches both stride time by 2 but lag differently (as in r3d_18)
@@ -230,7 +220,7 @@ def test_parallel_concat_and_strided_residual():
     res = Residual(main, [("down", ContinualConv3d(2, 2, 1, stride=(2, 1, 1)))])
     ref = main[1][1](main[0][1](clip)) + res.down(clip)
     assert (res.delay, res.temporal_stride) == (3, 2)
-    out, emitted = _steps(res, clip)
+    out, emitted = step_clip(res, clip)
     assert emitted == [3, 5, 7]
     torch.testing.assert_close(out, ref[:, :, :3], atol=ATOL, rtol=0)
 
@@ -284,7 +274,7 @@ def test_convert_folds_bn_fuses_act_and_keeps_offline_names():
     ref = offline[9](running.transpose(1, 2)).transpose(1, 2)
     for net in (folded, plain, fresh):
         torch.testing.assert_close(net(clip), ref, atol=ATOL, rtol=0)
-        out, emitted = _steps(net, clip)
+        out, emitted = step_clip(net, clip)
         assert emitted == list(range(1, 7))
         torch.testing.assert_close(out, ref[:, :, :6], atol=ATOL, rtol=0)
     # the input module is untouched (convert works on a copy)

@@ -13,6 +13,7 @@ from torch import nn
 
 from clplat.streaming import LRCN, X3DS, StreamModule, convert, x3d_s
 from clplat.streaming.models.torchvision_video import mc3_18, r2plus1d_18, r3d_18
+from tests.streaming.stepping import step_clip
 
 ATOL = 1e-5
 
@@ -31,14 +32,7 @@ def _calibrate(model: nn.Module, clip_shape: tuple[int, ...]) -> nn.Module:
 
 
 def _steps(net: StreamModule, clip: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    outs, emitted, state = [], [], None
-    with torch.no_grad():
-        for t in range(clip.shape[2]):
-            y, state = net.step(clip[:, :, t], state)
-            if y is not None:
-                outs.append(y)
-                emitted.append(t)
-    return torch.stack(outs, 2), emitted
+    return step_clip(net, clip, grad=False)
 
 
 def _check(net: StreamModule, clip: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
