@@ -29,6 +29,7 @@ class DataConfig(_Section):
     download: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: stratified test share")
     num_classes: int = Field(10, gt=1, description="synthetic only")
+    first_class: int = Field(0, ge=0, description="glyphs: first class id (classes relabelled from 0)")
     train_per_class: int = Field(60, gt=0, description="synthetic only")
     test_per_class: int = Field(20, gt=0, description="synthetic only")
     normalize: bool = True

@@ -7,8 +7,10 @@ that figure under a random affine warp, control-point jitter and stroke width, r
 at 64 px, then degraded to a random resolution (8-32 px) and resized to ``image_size``, so the
 features learned also cope with tiny, blurry inputs such as the 8x8 digits.
 
-The data depends only on (num_classes, train_per_class, test_per_class, image_size): the task,
-not the run seed, fixes it, like ``synthetic``.
+The data depends only on (first_class, num_classes, train_per_class, test_per_class,
+image_size): the task, not the run seed, fixes it, like ``synthetic``. ``first_class`` selects the
+figures ``first_class .. first_class + num_classes - 1`` (relabelled ``0 .. num_classes - 1``), so a
+stream can use classes the shipped backbone never saw: it was pretrained on classes 0-99.
 """
 
 from __future__ import annotations
@@ -95,10 +97,11 @@ def _degrade(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tens
     return out
 
 
-def make_glyphs(num_classes: int, per_class: int, size: int, rng: np.random.Generator
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(num_classes * per_class, 1, size, size)`` images in [0, 1] and labels, shuffled."""
-    figures = [glyph_strokes(c) for c in range(num_classes)]
+def make_glyphs(num_classes: int, per_class: int, size: int, rng: np.random.Generator,
+                first_class: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(num_classes * per_class, 1, size, size)`` images in [0, 1] and labels ``0 ..
+    num_classes - 1`` (label j is figure ``first_class + j``), shuffled."""
+    figures = [glyph_strokes(first_class + c) for c in range(num_classes)]
     y = np.repeat(np.arange(num_classes), per_class)
     canvas = np.stack([render_glyph(figures[c], rng) for c in y])
     x = _degrade(torch.from_numpy(canvas).unsqueeze(1), size, rng)
@@ -109,11 +112,14 @@ def make_glyphs(num_classes: int, per_class: int, size: int, rng: np.random.Gene
 
 @DATASETS.register("glyphs")
 def build_glyphs(cfg, seed: int) -> ClassificationData:
-    """Uses ``data.num_classes`` / ``train_per_class`` / ``test_per_class`` / ``image_size`` (32)."""
+    """Uses ``data.first_class`` / ``num_classes`` / ``train_per_class`` / ``test_per_class`` /
+    ``image_size`` (32)."""
     size = cfg.image_size or 32
-    rng = np.random.default_rng([GLYPH_SEED, cfg.num_classes, cfg.train_per_class, size])
-    x_tr, y_tr = make_glyphs(cfg.num_classes, cfg.train_per_class, size, rng)
-    x_te, y_te = make_glyphs(cfg.num_classes, cfg.test_per_class, size, rng)
+    first = int(getattr(cfg, "first_class", 0))
+    # first_class 0 keeps the seed the shipped backbone was pretrained with (same images).
+    rng = np.random.default_rng([GLYPH_SEED, cfg.num_classes, cfg.train_per_class, size] + ([first] if first else []))
+    x_tr, y_tr = make_glyphs(cfg.num_classes, cfg.train_per_class, size, rng, first)
+    x_te, y_te = make_glyphs(cfg.num_classes, cfg.test_per_class, size, rng, first)
     x_tr, x_te = resize_images(x_tr, None, cfg.channels), resize_images(x_te, None, cfg.channels)
     mean = std = None
     if cfg.normalize:
@@ -124,6 +130,6 @@ def build_glyphs(cfg, seed: int) -> ClassificationData:
         test=TensorSplit(x_te, y_te, mean, std),
         train_targets=y_tr.numpy(),
         test_targets=y_te.numpy(),
-        class_names=[f"glyph_{i}" for i in range(cfg.num_classes)],
+        class_names=[f"glyph_{first + i}" for i in range(cfg.num_classes)],
         input_shape=tuple(x_tr.shape[1:]),
     )
