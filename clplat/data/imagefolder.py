@@ -36,10 +36,11 @@ class ImageFileSplit(Dataset):
     """
 
     def __init__(self, files: Sequence[Path], targets: np.ndarray, image_size: int, channels: int,
-                 mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+                 mean: Sequence[float] | None, std: Sequence[float] | None, root: Path | None = None) -> None:
         if len(files) != len(targets):
             raise ValueError("files and targets lengths differ")
         self.files = [Path(f) for f in files]
+        self.root = root  # data.root: ``paths`` are relative to it (FSCIL index files, describe --json)
         self.y = torch.as_tensor(np.asarray(targets, dtype=np.int64))
         self.image_size = image_size
         self.channels = channels
@@ -76,6 +77,13 @@ class ImageFileSplit(Dataset):
     @property
     def targets(self) -> np.ndarray:
         return self.y.numpy()
+
+    @property
+    def paths(self) -> list[str]:
+        """Each sample's file, relative to ``root`` when given (POSIX separators)."""
+        if self.root is None:
+            return [f.as_posix() for f in self.files]
+        return [f.relative_to(self.root).as_posix() for f in self.files]
 
 
 def _stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[Tensor, Tensor]:
@@ -130,8 +138,8 @@ def build_imagefolder(cfg, seed: int) -> ClassificationData:
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalize else (None, None)
     return ClassificationData(
         name=root.name or "imagefolder",
-        train=ImageFileSplit(tr_files, y_tr, size, channels, mean, std),
-        test=ImageFileSplit(te_files, y_te, size, channels, mean, std),
+        train=ImageFileSplit(tr_files, y_tr, size, channels, mean, std, root=root),
+        test=ImageFileSplit(te_files, y_te, size, channels, mean, std, root=root),
         train_targets=y_tr,
         test_targets=y_te,
         class_names=names,
