@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from clplat.config import BackboneConfig, DataConfig, apply_overrides, format_validation_errors, load_yaml
-from clplat.errors import UserError
+from clplat.errors import UserError, main_guard
+from clplat.io import atomic_path, atomic_write_text
 
 
 class _Section(BaseModel):
@@ -76,15 +76,16 @@ def extract_features(backbone: nn.Module, x: Tensor, batch: int = 512) -> np.nda
     return torch.cat([backbone(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
 
 
-def linear_probe(backbone: nn.Module, data) -> float:  # data: ClassificationData
-    """Test accuracy of a logistic-regression probe on frozen, standardized features."""
+def linear_probe(backbone: nn.Module, data, max_iter: int = 3000) -> float:  # data: ClassificationData
+    """Test accuracy of a logistic-regression probe (``max_iter`` solver iterations) on frozen,
+    standardized features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     f_tr = extract_features(backbone, data.train.x)
     f_te = extract_features(backbone, data.test.x)
     scaler = StandardScaler().fit(f_tr)
-    clf = LogisticRegression(max_iter=3000, C=1.0).fit(scaler.transform(f_tr), data.train_targets)
+    clf = LogisticRegression(max_iter=max_iter, C=1.0).fit(scaler.transform(f_tr), data.train_targets)
     return float(clf.score(scaler.transform(f_te), data.test_targets))
 
 
@@ -154,12 +155,9 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     test_acc = _accuracy(model, data.test.x, data.test.y)
     log(f"pretrain test accuracy on {data.name}: {test_acc:.4f} (train {train_seconds:.0f}s)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous() for k, v in backbone.state_dict().items()}, str(tmp),
-              metadata={"format": "pt", "clplat": "pretrain"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in backbone.state_dict().items()}, str(tmp),
+                  metadata={"format": "pt", "clplat": "pretrain"})
     report = {
         "weights": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
@@ -174,7 +172,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     }
     if cfg.probe is not None:
         report["linear_probe"] = probe_report(cfg, data.input_shape, backbone, log)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     log(f"wrote {out} ({report['size_bytes'] / 1e6:.1f} MB) and {out.with_suffix('.json')}")
     return report
 
@@ -190,21 +188,19 @@ def probe_report(cfg: PretrainConfig, input_shape: tuple[int, ...], backbone: nn
     probe_data = build_dataset(probe_data_cfg, cfg.seed)
     torch.manual_seed(cfg.seed)
     random_twin = build_backbone(cfg.backbone.model_copy(update={"pretrained_file": None}), input_shape)
-    acc_pre, acc_rand = linear_probe(backbone, probe_data), linear_probe(random_twin, probe_data)
+    acc_pre = linear_probe(backbone, probe_data, cfg.probe.max_iter)
+    acc_rand = linear_probe(random_twin, probe_data, cfg.probe.max_iter)
     log(f"linear probe on {cfg.probe.dataset}: pretrained {acc_pre:.4f} vs random init {acc_rand:.4f}")
     return {"dataset": cfg.probe.dataset, "pretrained": acc_pre, "random_init": acc_rand}
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help"}:
         print(__doc__)
         return 0 if args else 2
-    try:
-        pretrain(load_pretrain_config(args[0], args[1:]), log=lambda s: print(s, flush=True))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    pretrain(load_pretrain_config(args[0], args[1:]), log=lambda s: print(s, flush=True))
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from clplat.errors import UserError
+from clplat.errors import UserError, main_guard
 
 METRICS = ("A_auc", "A_avg", "A_last", "F_last", "BWT")
 
@@ -55,42 +55,36 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        args, overrides = _parse(argv)
-        if args.resume:
-            if args.config or overrides:
-                raise UserError("--resume takes only the run directory (its config is fixed)")
-            from clplat.engine.experiment import resume_experiment
+    args, overrides = _parse(argv)
+    if args.resume:
+        if args.config or overrides:
+            raise UserError("--resume takes only the run directory (its config is fixed)")
+        from clplat.engine.experiment import resume_experiment
 
-            results = resume_experiment(args.resume)
-        else:
-            if not args.config:
-                raise UserError("no config given: python -m clplat.run CONFIG [key=value ...]")
-            from clplat.config import load_config
+        results = resume_experiment(args.resume)
+    else:
+        if not args.config:
+            raise UserError("no config given: python -m clplat.run CONFIG [key=value ...]")
+        from clplat.config import load_config
 
-            cfg = load_config(args.config, overrides)
-            if args.print_config:
-                import yaml
+        cfg = load_config(args.config, overrides)
+        if args.print_config:
+            import yaml
 
-                print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-                return 0
-            from clplat.engine.experiment import run_experiment
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        from clplat.engine.experiment import run_experiment
 
-            results = run_experiment(cfg)
-        if results.get("interrupted"):
-            print(f"interrupted after {results['samples_seen']} stream samples; checkpoint written. "
-                  f"Continue with: python -m clplat.run --resume {results['run_dir']}", file=sys.stderr)
-            return 130
-        print_summary(results)
-        return 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        results = run_experiment(cfg)
+    if results.get("interrupted"):
+        print(f"interrupted after {results['samples_seen']} stream samples; checkpoint written. "
+              f"Continue with: python -m clplat.run --resume {results['run_dir']}", file=sys.stderr)
         return 130
+    print_summary(results)
+    return 0
 
 
 if __name__ == "__main__":

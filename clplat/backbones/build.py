@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from clplat.errors import UserError
+from clplat.nn import make_activation, state_mismatch
 from clplat.registry import Registry
 
-BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", "clplat.backbones")
 
 
 class MLP(nn.Module):
@@ -27,7 +28,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(width, h), make_activation("relu", inplace=True)]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = h
@@ -46,14 +47,14 @@ class SmallCNN(nn.Module):
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                 nn.ReLU(inplace=True))
+                                 make_activation("relu", inplace=True))
 
         self.features = nn.Sequential(
             block(in_channels, width), block(width, width), nn.MaxPool2d(2, ceil_mode=True),
             block(width, 2 * width), nn.MaxPool2d(2, ceil_mode=True), block(2 * width, 4 * width),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.proj = nn.Sequential(nn.Linear(4 * width, num_features), nn.ReLU(inplace=True))
+        self.proj = nn.Sequential(nn.Linear(4 * width, num_features), make_activation("relu", inplace=True))
         self.num_features = num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,11 +133,11 @@ def load_pretrained_file(model: nn.Module, path: str | Path) -> nn.Module:
     head_prefixes = ("head.", "fc.", "classifier.", "head.fc.")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(head_prefixes)]
-    if missing or result.unexpected_keys:
-        raise UserError(f"{p}: weights do not match the backbone (missing {missing[:3]}, "
-                        f"unexpected {list(result.unexpected_keys)[:3]})")
+    own_head = {k: v for k, v in model.state_dict().items() if k.startswith(head_prefixes)}
+    mismatch = state_mismatch(model, {**own_head, **state})  # keys and shapes, before any copy
+    if mismatch:
+        raise UserError(f"{p}: weights do not match backbone '{type(model).__name__}' ({mismatch})")
+    model.load_state_dict(state, strict=False)
     return model
 
 

@@ -4,9 +4,7 @@ strategy object, written atomically and read back with ``weights_only=True``."""
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from clplat.errors import UserError
+from clplat.io import atomic_torch_save
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -37,20 +36,8 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target: a kill at
-    any moment leaves either the old checkpoint or the new one, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """A kill at any moment leaves either the old checkpoint or the new one, never half a file."""
+    atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -4,13 +4,14 @@ overwritten (a taken name gets a numeric suffix)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from clplat.io import atomic_write_text
 
 
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
@@ -27,10 +28,7 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_config(run_dir: Path, cfg_dict: dict[str, Any]) -> None:
@@ -43,12 +41,11 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> None:
 
 def write_curve_csv(run_dir: Path, records: list[dict[str, Any]]) -> None:
     path = run_dir / "curve.csv"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=run_dir)
-    with os.fdopen(fd, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["samples_seen", "task_id", "kind", "accuracy", "n_test"])
-        for r in records:
-            n = sum(r["total"])
-            acc = sum(r["correct"]) / n if n else 0.0
-            w.writerow([r["samples_seen"], r["task_id"], r["kind"], f"{acc:.6f}", n])
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["samples_seen", "task_id", "kind", "accuracy", "n_test"])
+    for r in records:
+        n = sum(r["total"])
+        acc = sum(r["correct"]) / n if n else 0.0
+        w.writerow([r["samples_seen"], r["task_id"], r["kind"], f"{acc:.6f}", n])
+    atomic_write_text(path, buf.getvalue())

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from clplat.errors import UserError
+from clplat.errors import main_guard
 from clplat.scenarios import StreamPlan, build_plan
 
 USAGE = "usage: python -m clplat.scenarios describe CONFIG [key=value ...] [--json]"
@@ -69,6 +69,7 @@ def describe(config_path: str, overrides: list[str], as_json: bool = False) -> s
     return describe_plan(plan, targets, header)
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "describe":
@@ -76,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     as_json = "--json" in args
     rest = [a for a in args[1:] if a != "--json"]
-    try:
-        print(describe(rest[0], rest[1:], as_json=as_json))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print(describe(rest[0], rest[1:], as_json=as_json))
     return 0
 
 
