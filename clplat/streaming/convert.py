@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from clplat.nn import activation_name
 from clplat.streaming.containers import StreamSequential
 from clplat.streaming.conv import ContinualConv3d
 from clplat.streaming.module import ANY_RANK, FrameLocal, StreamModule
@@ -137,9 +138,6 @@ def _fold_bn_into(conv: ContinualConv3d, bn: nn.modules.batchnorm._BatchNorm) ->
     conv.bias = nn.Parameter(bias.detach().clone())
 
 
-_FUSABLE_ACTS = {nn.ReLU: "relu", nn.SiLU: "silu"}
-
-
 def convert_chain(named: list[tuple[str, nn.Module]], opts: ConvertOptions) -> list[tuple[str, StreamModule]]:
     """Convert an ordered chain, merging pads into convs and folding BN / activations into them."""
     out: list[tuple[str, StreamModule]] = []
@@ -161,8 +159,8 @@ def convert_chain(named: list[tuple[str, nn.Module]], opts: ConvertOptions) -> l
         ):
             _fold_bn_into(prev, m)
             continue
-        if type(m) in _FUSABLE_ACTS and isinstance(prev, ContinualConv3d) and prev.activation == "identity":
-            prev.activation = _FUSABLE_ACTS[type(m)]
+        if (act := activation_name(m)) and isinstance(prev, ContinualConv3d) and prev.activation == "identity":
+            prev.activation = act
             continue
         s = convert_module(m, opts)
         if pad is not None:

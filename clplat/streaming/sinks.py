@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from clplat.errors import UserError
+from clplat.io import atomic_write_text
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -63,9 +64,7 @@ def write_json(path: str | Path, payload: dict) -> Path:
     """Write ``payload`` as indented JSON atomically (temporary file, then rename)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    atomic_write_text(p, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return p
 
 

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from clplat.config import apply_overrides, format_validation_errors, load_yaml
 from clplat.data.moving_digits import MovingDigits, MovingDigitsSpec
 from clplat.errors import UserError
+from clplat.io import atomic_path
 from clplat.streaming.sinks import write_json
 from clplat.streaming.sources import FrameSpec, SyntheticSource
 
@@ -174,9 +175,8 @@ def save_trained(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> tu
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = p.with_name(p.name + ".partial")
-    save_file(tensors, str(tmp), metadata={"clplat": json.dumps(meta, sort_keys=True)})
-    tmp.replace(p)
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata={"clplat": json.dumps(meta, sort_keys=True)})
     return p, write_json(p.with_suffix(".json"), meta)
 
 
