@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,27 @@ def test_describe_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["describe", cfg]) == 2
     assert "larger than the number of classes" in capsys.readouterr().err
     assert main(["describe"]) == 2
+
+
+# --- golden fixture from the official sampler ---------------------------------------------------
+
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "si_blurry_golden.json"
+GOLDEN_CASES = json.loads(GOLDEN.read_text())["cases"]
+
+
+def test_golden_fixture_has_provenance() -> None:
+    prov = json.loads(GOLDEN.read_text())["provenance"]
+    assert prov["repo"].endswith("moonjunyyy/Si-Blurry") and len(prov["commit"]) == 40
+    assert prov["file"] == "utils/online_sampler.py" and "OnlineSampler" in prov["function"]
+    assert {c["stochastic"] for c in GOLDEN_CASES} == {True, False} and len({c["seed"] for c in GOLDEN_CASES}) >= 3
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=[c["name"] for c in GOLDEN_CASES])
+def test_matches_official_sampler_index_for_index(case: dict) -> None:
+    """The stream (and class ownership) equals what the official ``OnlineSampler`` produced for the
+    same labels and seed, recorded in ``tests/fixtures/si_blurry_golden.json``."""
+    lay = si_blurry_layout(np.asarray(case["targets"]), case["n_classes"], case["n_tasks"], case["disjoint_pct"],
+                           case["blurry_pct"], case["seed"], stochastic=case["stochastic"])
+    assert lay.tasks == case["tasks"]
+    assert lay.disjoint_classes == case["disjoint_classes"]
+    assert lay.blurry_classes == case["blurry_classes"]
