@@ -156,7 +156,7 @@ def test_registered_and_config_validates() -> None:
 
 @pytest.mark.slow
 def test_short_headline_run_beats_chance(tmp_path) -> None:
-    """A reduced headline (one update per batch, sparse evals) end to end through clplat.run."""
+    """The digits check, reduced (one update per batch, sparse evals), end to end through clplat.run."""
     import json
     from pathlib import Path
 
@@ -165,7 +165,7 @@ def test_short_headline_run_beats_chance(tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     if not (root / "clplat" / "weights" / "vit_glyphs32.safetensors").is_file():
         pytest.skip("shipped weights not built")
-    code = main([str(root / "experiments" / "si_blurry_mvp.yaml"), "online.online_iter=1",
+    code = main([str(root / "experiments" / "si_blurry_mvp_digits.yaml"), "online.online_iter=1",
                  "online.stream_batch=32", "online.eval_period=400", "logging.wandb=disabled",
                  "logging.progress=false", f"logging.runs_dir={tmp_path}", "name=short",
                  f"backbone.pretrained_file={root / 'clplat/weights/vit_glyphs32.safetensors'}"])
