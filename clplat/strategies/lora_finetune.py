@@ -1,0 +1,35 @@
+"""LoRA-finetune: CoACT with every CoACT component off (the spec's "LoRA" baseline).
+
+Session 0 trains peft LoRA adapters on q and v plus a bias-free linear head (rows started as
+class means) with cross-entropy only; later sessions only add class-mean prototype rows for their
+new classes on the then-frozen model. Same backbone, adapters and head as ``coact``, so the two
+differ by exactly the contrastive teacher, controlled fine-tuning and incremental tuning.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import nn
+
+from clplat.backbones.lora import LoraSpec
+from clplat.strategies import STRATEGIES
+from clplat.strategies.base import StrategyConfig
+from clplat.strategies.coact import Coact, CoactConfig
+
+
+class LoraFinetuneConfig(StrategyConfig):
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    prototype_init: bool = Field(True, description="session-0 head rows start as class means")
+
+
+@STRATEGIES.register("lora_finetune")
+class LoraFinetune(Coact):
+    config_model = LoraFinetuneConfig
+
+    def __init__(self, cfg: LoraFinetuneConfig, backbone: nn.Module, num_classes: int,
+                 input_shape: tuple[int, ...]) -> None:
+        coact = CoactConfig(lora=cfg.lora, prototype_init=cfg.prototype_init, use_contrastive=False,
+                            use_ema_teacher=False, controlled_ft=False, incremental_tuning=False,
+                            use_consistency=False)
+        super().__init__(coact, backbone, num_classes, input_shape)
+        self.user_cfg = cfg
