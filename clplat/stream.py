@@ -19,12 +19,14 @@ import argparse
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clplat.errors import UserError
+from clplat.errors import UserError, report_user_error
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = {
@@ -74,31 +76,58 @@ def _show(frame: Any, lines: list[str], class_names: list[str], labelled: bool, 
     return window is None or window.write(drawn)
 
 
-def play(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the demo; returns the summary written to the stats JSON."""
-    from clplat.data.moving_digits import MovingDigitsSpec
-    from clplat.streaming import compile_step, convert
-    from clplat.streaming.sinks import LatencyStats, VideoFileSink, WindowSink, display_available, write_json
-    from clplat.streaming.sources import FrameSpec, open_source
-    from clplat.streaming.train import load_trained, logits_of
+@dataclass
+class Player:
+    """A loaded model ready to step: the converted network, its step function, input spec, header."""
 
-    device = resolve_device(args.device)
-    model_path = resolve_model(args.model)
-    model, meta = load_trained(model_path)
-    stream = convert(model).eval().to(device)
-    compiled = compile_step(stream) if args.compile else None
+    path: Path
+    meta: dict[str, Any]
+    stream: torch.nn.Module
+    step: Callable[..., tuple[Any, Any]]
+    compiled: Any  # CompiledStep | None
+    spec: Any  # FrameSpec
+    device: torch.device
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+
+def load_player(model: str, device_name: str, compile: bool) -> Player:
+    """Resolve, load (checked: one-line errors for any mismatch), convert, and optionally compile."""
+    from clplat.streaming import compile_step, convert
+    from clplat.streaming.sources import FrameSpec
+    from clplat.streaming.training.weights import load_trained
+
+    device = resolve_device(device_name)
+    path = resolve_model(model)
+    net, meta = load_trained(path)
+    stream = convert(net).eval().to(device)
+    compiled = compile_step(stream) if compile else None
     step = compiled if compiled is not None else stream.step
-    spec = FrameSpec.from_dict(meta["input"])
-    class_names = list(meta.get("class_names") or [])
-    data = meta.get("data", {})
-    synthetic = MovingDigitsSpec(canvas=data.get("canvas", spec.size[0]),
+    return Player(path, meta, stream, step, compiled, FrameSpec.from_dict(meta["input"]), device)
+
+
+def open_demo_source(args: argparse.Namespace, player: Player) -> tuple[Any, int | None]:
+    """The frame source and the frame limit (synthetic streams stop after 300 by default)."""
+    from clplat.data.moving_digits import MovingDigitsSpec
+    from clplat.streaming.sources import open_source
+
+    data = player.meta.get("data", {})
+    synthetic = MovingDigitsSpec(canvas=data.get("canvas", player.spec.size[0]),
                                  digit_size=data.get("digit_size", 16), label=data.get("label", "digit"))
     source = open_source(args.source, synthetic=synthetic, seed=args.seed)
+    if source.class_names and source.class_names != player.class_names:
+        source.has_labels = False  # the source's labels are not this model's classes
     max_frames = args.max_frames
     if max_frames is None and args.source == "synthetic":
         max_frames = DEFAULT_SYNTHETIC_FRAMES
-    if source.class_names and source.class_names != class_names:
-        source.has_labels = False  # the source's labels are not this model's classes
+    return source, max_frames
+
+
+def open_sinks(args: argparse.Namespace, source: Any) -> tuple[Any, Any, Path | None]:
+    """A window (with a display, unless --out/--no-window), else an annotated video; the stats path."""
+    from clplat.streaming.sinks import VideoFileSink, WindowSink, display_available
 
     out_path = Path(args.out) if args.out else None
     window = None
@@ -108,78 +137,115 @@ def play(args: argparse.Namespace) -> dict[str, Any]:
         out_path = Path("runs/stream") / "annotated.mp4"
     video = VideoFileSink(out_path, fps=source.fps) if out_path is not None else None
     stats_path = Path(args.stats) if args.stats else (out_path.with_suffix(".json") if out_path else None)
+    return video, window, stats_path
 
-    step_lat, frame_lat = LatencyStats(), LatencyStats()
-    pending: deque[int] = deque()
-    hits = scored = frames = 0
-    pred_text, stop_reason = "warming up", None
-    state = None
-    compile_s = 0.0
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    ok = False
+
+def _latency() -> Any:
+    from clplat.streaming.sinks import LatencyStats
+
+    return LatencyStats()
+
+
+@dataclass
+class LoopStats:
+    """What the frame loop measured."""
+
+    step_lat: Any = field(default_factory=_latency)
+    frame_lat: Any = field(default_factory=_latency)
+    frames: int = 0
+    hits: int = 0
+    scored: int = 0
+    compile_s: float = 0.0
+    stop_reason: str | None = None
+
+
+def run_loop(player: Player, source: Any, max_frames: int | None, video: Any, window: Any) -> LoopStats:
+    """Step every frame once, score emitted predictions against pending labels, time each step
+    (a step that compiled a new phase is timed apart), and draw. Ctrl-C ends it cleanly."""
+    from clplat.streaming.training.evaluate import logits_of
+
+    stats, pending, state = LoopStats(), deque(), None
+    pred_text, compiled = "warming up", player.compiled
+    sync = torch.cuda.synchronize if player.device.type == "cuda" else (lambda: None)
     try:
         with torch.inference_mode():
             for frame in source:
                 t0 = time.perf_counter()
-                x = spec.to_tensor(frame.image).to(device)
+                x = player.spec.to_tensor(frame.image).to(player.device)
                 sync()
                 t1 = time.perf_counter()
                 before = compiled.compilations if compiled is not None else 0
-                y, state = step(x, state)
+                y, state = player.step(x, state)
                 sync()
                 t2 = time.perf_counter()
-                compiling = compiled is not None and compiled.compilations != before
-                frames += 1
+                stats.frames += 1
                 if source.has_labels and frame.label is not None:
                     pending.append(frame.label)
                 if y is not None:
                     probs = torch.softmax(logits_of(y).float(), dim=1)[0].cpu()
                     conf, idx = probs.max(0)
-                    pred_text = f"pred {_label_text(class_names, int(idx))} ({float(conf):.0%})"
+                    pred_text = f"pred {_label_text(player.class_names, int(idx))} ({float(conf):.0%})"
                     if pending:
-                        truth = pending.popleft()
-                        scored += 1
-                        hits += int(idx) == truth
-                t3 = time.perf_counter()
-                if compiling:  # a one-off cost, reported apart from the per-frame latency
-                    compile_s += t2 - t1
+                        stats.scored += 1
+                        stats.hits += int(idx) == pending.popleft()
+                if compiled is not None and compiled.compilations != before:
+                    stats.compile_s += t2 - t1  # a one-off cost, reported apart from the latencies
                 else:
-                    step_lat.add(t2 - t1)
-                    frame_lat.add(t3 - t0)
+                    stats.step_lat.add(t2 - t1)
+                    stats.frame_lat.add(time.perf_counter() - t0)
                 if (video is not None or window is not None) and not _show(
-                        frame, [pred_text, f"step {1e3 * (t2 - t1):.1f} ms"], class_names,
+                        frame, [pred_text, f"step {1e3 * (t2 - t1):.1f} ms"], player.class_names,
                         source.has_labels, video, window):
-                    stop_reason = "closed by the user"
+                    stats.stop_reason = "closed by the user"
                     break
-                if max_frames is not None and frames >= max_frames:
-                    stop_reason = f"stopped after --max-frames {max_frames}"
+                if max_frames is not None and stats.frames >= max_frames:
+                    stats.stop_reason = f"stopped after --max-frames {max_frames}"
                     break
-        ok = True
     except KeyboardInterrupt:
-        stop_reason, ok = "interrupted (Ctrl-C)", True
-    finally:
-        source.close()
-        if window is not None:
-            window.close()
-        written = video.close(keep=ok) if video is not None else None
-    if frames == 0:
-        raise UserError(f"source '{args.source}' produced no frames ({source.end_reason})")
+        stats.stop_reason = "interrupted (Ctrl-C)"
+    return stats
+
+
+def summarise(args: argparse.Namespace, player: Player, source: Any, stats: LoopStats,
+              written: Path | None, stats_path: Path | None) -> dict[str, Any]:
+    """The summary printed and written to the stats JSON."""
+    from clplat.streaming.sinks import write_json
+
     summary: dict[str, Any] = {
-        "model": str(model_path), "arch": meta.get("arch"), "source": args.source, "device": str(device),
-        "delay": int(getattr(stream, "delay", 0)), "frames": frames,
-        "end": stop_reason or source.end_reason, "skipped_frames": source.skipped,
-        "step_latency": step_lat.summary(), "frame_latency": frame_lat.summary(),
-        "torch_threads": torch.get_num_threads(),
+        "model": str(player.path), "arch": player.meta.get("arch"), "source": args.source,
+        "device": str(player.device), "delay": int(getattr(player.stream, "delay", 0)),
+        "frames": stats.frames, "end": stats.stop_reason or source.end_reason,
+        "skipped_frames": source.skipped, "step_latency": stats.step_lat.summary(),
+        "frame_latency": stats.frame_lat.summary(), "torch_threads": torch.get_num_threads(),
     }
-    if compiled is not None:
-        summary["compiled"] = {"phases": compiled.compilations, "compile_s": round(compile_s, 2)}
-    if scored:
-        summary["accuracy"] = {"per_frame": round(hits / scored, 4), "scored": scored}
+    if player.compiled is not None:
+        summary["compiled"] = {"phases": player.compiled.compilations, "compile_s": round(stats.compile_s, 2)}
+    if stats.scored:
+        summary["accuracy"] = {"per_frame": round(stats.hits / stats.scored, 4), "scored": stats.scored}
     if written is not None:
         summary["annotated_video"] = str(written)
     if stats_path is not None:
         summary["stats_file"] = str(write_json(stats_path, summary))
     return summary
+
+
+def play(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the demo; returns the summary written to the stats JSON."""
+    player = load_player(args.model, args.device, args.compile)
+    source, max_frames = open_demo_source(args, player)
+    video, window, stats_path = open_sinks(args, source)
+    ok = False
+    try:
+        stats = run_loop(player, source, max_frames, video, window)
+        ok = True
+    finally:
+        source.close()
+        if window is not None:
+            window.close()
+        written = video.close(keep=ok) if video is not None else None
+    if stats.frames == 0:
+        raise UserError(f"source '{args.source}' produced no frames ({source.end_reason})")
+    return summarise(args, player, source, stats, written, stats_path)
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -230,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "train":
-            from clplat.streaming.train import main as train_main
+            from clplat.streaming.training.run import main as train_main
 
             return train_main(argv[1:])
         args = build_parser().parse_args(argv)
@@ -242,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(play(args))
         return 0
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report_user_error(err)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def test_training_configs_validate(path) -> None:
 
 @pytest.mark.parametrize("path", STREAMING, ids=lambda p: p.name)
 def test_streaming_configs_validate(path) -> None:
-    from clplat.streaming.train import load_train_config
+    from clplat.streaming.training.config import load_train_config
 
     assert load_train_config(path).name
 

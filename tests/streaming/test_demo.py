@@ -14,15 +14,10 @@ from clplat.errors import UserError
 from clplat.stream import SHIPPED, WEIGHTS_DIR, main
 from clplat.streaming import X3DS, convert
 from clplat.streaming.sources import FrameSpec, SyntheticSource
-from clplat.streaming.train import (
-    FORMAT,
-    FrameClassifier,
-    check_stream_equivalence,
-    load_train_config,
-    load_trained,
-    save_trained,
-    stream_accuracy,
-)
+from clplat.streaming.training.config import load_train_config
+from clplat.streaming.training.evaluate import check_stream_equivalence, stream_accuracy
+from clplat.streaming.training.module import FrameClassifier
+from clplat.streaming.training.weights import FORMAT, load_trained, save_trained
 from tests.conftest import run_cli
 
 TINY = dict(width=4, depths=(1, 1), fc_width=8, expansion=1.0, head_window=4, causal=True)
