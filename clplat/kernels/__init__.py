@@ -3,7 +3,7 @@
 Only torch and triton are imported here. ``CLPLAT_KERNELS=triton|reference|auto`` forces a backend.
 """
 
-from clplat.kernels._backend import choose_backend, is_tracing, tracing
+from clplat.kernels._backend import choose_backend, is_tracing, tracing, triton_forced
 from clplat.kernels.conv_epilogue import (
     ACTIVATIONS,
     conv_epilogue,
@@ -19,4 +19,5 @@ __all__ = [
     "conv_epilogue_triton",
     "is_tracing",
     "tracing",
+    "triton_forced",
 ]

@@ -43,6 +43,13 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
+def triton_forced(backend: str | None = None) -> bool:
+    """True when Triton is forced (``backend="triton"`` or ``CLPLAT_KERNELS=triton``). Fast paths
+    that bypass the kernels (the CPU channels-last step) stand aside then, so forcing Triton runs
+    the kernels wherever the dispatcher is reached (tests use this to put a kernel in a stream)."""
+    return (backend or os.environ.get("CLPLAT_KERNELS", "auto")).lower() == "triton" and not _TRACING[0]
+
+
 def choose_backend(tensor: torch.Tensor, backend: str | None = None) -> str:
     """Resolve ``backend`` (argument, else ``CLPLAT_KERNELS``, else auto) to triton or reference."""
     choice = (backend or os.environ.get("CLPLAT_KERNELS", "auto")).lower()

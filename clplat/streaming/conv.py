@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clplat.kernels import conv_epilogue, is_tracing
+from clplat.kernels import conv_epilogue, is_tracing, triton_forced
 from clplat.kernels.conv_step_cpu import (
     activate_,
     conv2d_taps,
@@ -42,20 +42,10 @@ from clplat.kernels.conv_step_cpu import (
     nchw,
     pointwise,
 )
+from clplat.nn import apply_activation, check_activation
 from clplat.streaming.module import State, TemporalKernelModule, new_counter, should_emit, tick
 
 __all__ = ["ContinualConv3d", "apply_activation"]
-
-_ACTS = ("identity", "relu", "silu")
-
-
-def apply_activation(x: Tensor, activation: str) -> Tensor:
-    if activation == "relu":
-        return F.relu(x)
-    if activation == "silu":
-        return F.silu(x)
-    return x
-
 
 def _param_key(t: Tensor) -> tuple:
     """Identity of a parameter's values for weight caches. Inference tensors (made under
@@ -132,8 +122,7 @@ class ContinualConv3d(TemporalKernelModule, nn.Conv3d):
             raise ValueError(f"temporal_fill must be 'zeros' or 'replicate', got {temporal_fill!r}")
         if layout not in ("auto", "partial", "ring"):
             raise ValueError(f"layout must be auto, partial or ring, got {layout!r}")
-        if activation not in _ACTS:
-            raise ValueError(f"activation must be one of {_ACTS}, got {activation!r}")
+        check_activation(activation)
         self.temporal_padding = (int(temporal_padding[0]), int(temporal_padding[1]))
         if self.temporal_padding[0] > self.kernel_size[0] - 1:
             raise ValueError("left temporal padding larger than kernel_size[0] - 1 is not streamable")
@@ -295,6 +284,7 @@ class ContinualConv3d(TemporalKernelModule, nn.Conv3d):
             frame.device.type != "cpu"
             or frame.dtype not in (torch.float32, torch.float64)
             or _needs_grad(frame, w, bias)
+            or triton_forced()  # CLPLAT_KERNELS=triton: run the kernels, not the fast path
         ):
             return None
         # One cached plan per frame shape and weight version: a step at batch 1 is so small
