@@ -48,7 +48,7 @@ class FrameClassifier(L.LightningModule):
 
     def _check_finite(self, loss: Tensor) -> None:
         if not torch.isfinite(loss):
-            raise UserError(f"training diverged: loss {float(loss)} at epoch {self.current_epoch} step "
+            raise UserError(f"training diverged: loss {float(loss.detach())} at epoch {self.current_epoch} step "
                             f"{self.global_step} (lr {self.lr:g}); lower train.lr and run again")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
