@@ -13,36 +13,15 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from clplat.data.base import DataConfig
 from clplat.errors import UserError
+from clplat.scenarios.plan import ScenarioConfig
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
-    dataset: str = "digits"
-    root: str | None = None
-    image_size: int | None = Field(None, gt=0, description="resize to this square size")
-    channels: Literal[1, 3] | None = None
-    download: bool = False
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: stratified test share")
-    num_classes: int = Field(10, gt=1, description="synthetic only")
-    first_class: int = Field(0, ge=0, description="glyphs: first class id (classes relabelled from 0)")
-    train_per_class: int = Field(60, gt=0, description="synthetic only")
-    test_per_class: int = Field(20, gt=0, description="synthetic only")
-    normalize: bool = True
-
-
-class ScenarioConfig(_Section):
-    kind: Literal["si_blurry", "class_incremental"] = "si_blurry"
-    n_tasks: int = Field(5, ge=1)
-    disjoint_pct: int = Field(50, ge=0, le=100, description="N: % of classes that are disjoint")
-    blurry_pct: int = Field(10, ge=0, le=100, description="M: % of blurry-class samples moved")
-    stochastic: bool = True
-    fix_dataset_order: bool = False
-    class_order: Literal["seeded", "contiguous"] = "seeded"
 
 
 class OnlineConfig(_Section):
@@ -70,6 +49,8 @@ class AugmentConfig(_Section):
     random_crop_pad: int = Field(0, ge=0)
     hflip: bool = False
     autoaugment: Literal["cifar10", "imagenet", "svhn"] | None = None
+    cutmix_prob: float = Field(0.0, ge=0, le=1, description="CutMix on a whole update batch (strategies that mix)")
+    cutmix_alpha: float = Field(1.0, gt=0, description="CutMix Beta(alpha, alpha)")
 
 
 class TrainerConfig(_Section):
@@ -96,8 +77,8 @@ class Config(BaseModel):
 
     name: str = "experiment"
     seed: int = 1
-    data: DataConfig = Field(default_factory=DataConfig)
-    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
+    scenario: ScenarioConfig = Field(default_factory=lambda: ScenarioConfig.model_validate({}))
     online: OnlineConfig = Field(default_factory=OnlineConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     strategy: str = "finetune"
@@ -109,30 +90,50 @@ class Config(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; 1 is fastest on a busy machine")
 
     @model_validator(mode="after")
-    def _strategy_section(self) -> Config:
+    def _strategy_sections(self) -> Config:
+        """The chosen strategy's section configures it; sections of other registered strategies
+        are validated against their own schema and ignored (a sweep over strategies keeps them)."""
         from clplat.strategies import STRATEGIES
 
-        extras = dict(self.model_extra or {})
-        for key in extras:
-            if key != self.strategy:
-                raise ValueError(f"unknown key '{key}'")
-        model = STRATEGIES.get(self.strategy).config_model
-        try:
-            section = model.model_validate(extras.get(self.strategy) or {})
-        except ValidationError as err:
-            raise UserError(format_validation_errors(err, prefix=self.strategy)) from None
-        object.__setattr__(self, "strategy_cfg", section)
+        if self.strategy not in STRATEGIES:
+            err = PydanticCustomError("unknown_name", STRATEGIES.unknown_message(self.strategy))
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=err, loc=("strategy",), input=self.strategy)])
+        raw = dict(self.model_extra or {})
+        raw.setdefault(self.strategy, None)
+        sections: dict[str, BaseModel] = {}
+        errors: list[InitErrorDetails] = []
+        for key, value in raw.items():
+            if key != self.strategy and key not in STRATEGIES:
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=value))
+                continue
+            try:
+                sections[key] = STRATEGIES.config_model(key).model_validate(value or {})
+            except ValidationError as err:
+                errors.extend(_prefixed(err, key))
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        object.__setattr__(self, "strategy_sections", sections)
         return self
 
     @property
     def strategy_config(self) -> Any:
-        return self.__dict__.get("strategy_cfg") or object.__getattribute__(self, "strategy_cfg")
+        """The typed section of the chosen strategy (defaults when the YAML has none)."""
+        return self.__dict__["strategy_sections"][self.strategy]
 
     def to_dict(self) -> dict[str, Any]:
         """Fully resolved config (defaults included), as saved in the run directory."""
         out = self.model_dump(mode="json", exclude=set(self.model_extra or {}))
-        out[self.strategy] = self.strategy_config.model_dump(mode="json")
+        for key, section in self.__dict__["strategy_sections"].items():
+            out[key] = section.model_dump(mode="json")
         return out
+
+
+def _prefixed(err: ValidationError, key: str) -> list[InitErrorDetails]:
+    """A section's errors re-rooted under ``key`` (messages kept)."""
+    return [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"].replace("{", "{{").replace("}", "}}")),
+                             loc=(key, *e["loc"]), input=e.get("input"))
+            for e in err.errors()]
 
 
 def format_validation_errors(err: ValidationError, prefix: str = "", union_tags: tuple[str, ...] = ()) -> str:
@@ -147,7 +148,7 @@ def format_validation_errors(err: ValidationError, prefix: str = "", union_tags:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in e and not isinstance(e["input"], dict | list):
+        elif "input" in e and not isinstance(e["input"], dict | list) and e["type"] != "unknown_name":
             msg = f"{msg} (got {e['input']!r})"
         parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "config: " + "; ".join(parts)
@@ -206,7 +207,7 @@ def build_config(raw: dict[str, Any]) -> Config:
         return Config.model_validate(raw)
     except ValidationError as err:
         raise UserError(format_validation_errors(err)) from None
-    except ValueError as err:  # from the strategy-section validator
+    except ValueError as err:
         raise UserError(f"config: {err}") from None
 
 

@@ -45,8 +45,14 @@ def test_override_parsing() -> None:
         ("scenario: {n_tasks: five}\n", [], "scenario.n_tasks"),
         ("scenario: {disjoint_pct: 120}\n", [], "scenario.disjoint_pct"),
         ("strategy: er\ner: {memory_sise: 3}\n", [], "er.memory_sise: unknown key"),
-        ("strategy: er\nmvp: {use_mask: true}\n", [], "unknown key 'mvp'"),
-        ("strategy: nope\n", [], "unknown strategy 'nope'"),
+        ("strategy: er\nmvp: {use_mask: [1]}\n", [], "mvp.use_mask"),  # other sections are validated
+        ("strategy: er\nmvpp: {use_mask: true}\n", [], "mvpp: unknown key"),  # names no strategy
+        ("strategy: nope\n", [], "strategy: unknown strategy 'nope'"),
+        ("data: {dataset: digits, first_class: 3}\n", [], "data.first_class: unknown key"),  # glyphs' key
+        ("data: {dataset: glyphs, test_fraction: 0.3}\n", [], "data.test_fraction: unknown key"),
+        ("data: {dataset: nope}\n", [], "data.dataset: unknown dataset 'nope' (known: "),
+        ("scenario: {kind: class_incremental, blurry_pct: 5}\n", [], "scenario.blurry_pct: unknown key"),
+        ("scenario: {kind: nope}\n", [], "scenario.kind: unknown scenario 'nope'"),
         ("seed: 1\n", ["online.online_iter=0"], "online.online_iter"),
         ("a: [1, 2\n", [], "invalid YAML"),
         ("- 1\n- 2\n", [], "top level must be a mapping"),

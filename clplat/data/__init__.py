@@ -1,29 +1,28 @@
-"""Datasets by name. Nothing is downloaded at import or in tests; local loaders read files the
-user put in place (or that tests create)."""
+"""Datasets by name: each file of this package registers its builder and config model with
+``@DATASETS.register(name, config=Model)`` (found on first lookup; no list of names is kept).
+Nothing is downloaded at import or in tests; local loaders read files the user put in place."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from clplat.data.base import ClassificationData, TensorSplit
+from clplat.data.base import ClassificationData, DataConfig, TensorSplit
 from clplat.registry import Registry
 
-DATASETS: Registry[Callable[..., ClassificationData]] = Registry(
-    "dataset",
-    lazy={
-        "digits": "clplat.data.digits",
-        "synthetic": "clplat.data.synthetic",
-        "cifar10": "clplat.data.cifar",
-        "cifar100": "clplat.data.cifar",
-        "imagefolder": "clplat.data.imagefolder",
-        "glyphs": "clplat.data.glyphs",
-    },
-)
+DATASETS: Registry[Callable[..., ClassificationData]] = Registry("dataset", "clplat.data", default_config=DataConfig)
 
 
-def build_dataset(cfg, seed: int) -> ClassificationData:  # cfg: clplat.config.DataConfig
+def data_config(**fields) -> DataConfig:
+    """The ``data:`` section for ``fields`` (validated by the chosen dataset's own model)."""
+    return DataConfig.model_validate(fields)
+
+
+def build_dataset(cfg: DataConfig, seed: int) -> ClassificationData:
     """Build the dataset named by ``cfg.dataset``; every builder takes ``(cfg, seed)``."""
-    return DATASETS.get(cfg.dataset)(cfg, seed)
+    builder = DATASETS.get(cfg.dataset)
+    if type(cfg) is not DATASETS.config_model(cfg.dataset):  # e.g. a bare ``DataConfig()`` default
+        cfg = DataConfig.model_validate(cfg.model_dump())
+    return builder(cfg, seed)
 
 
-__all__ = ["DATASETS", "ClassificationData", "TensorSplit", "build_dataset"]
+__all__ = ["DATASETS", "ClassificationData", "DataConfig", "TensorSplit", "build_dataset", "data_config"]

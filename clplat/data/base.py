@@ -9,11 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from clplat.registry import Registry, TaggedConfig
+
+
+class DataConfig(TaggedConfig):
+    """The ``data:`` section. ``dataset`` selects the registered dataset, whose own config model
+    (a subclass adding its fields) validates the rest; a key that dataset lacks is an error."""
+
+    tag_field = "dataset"
+
+    dataset: str = "digits"
+    root: str | None = None
+    image_size: int | None = Field(None, gt=0, description="resize to this square size")
+    channels: Literal[1, 3] | None = None
+    download: bool = False
+    normalize: bool = True
+
+    @classmethod
+    def registry(cls) -> Registry[Any]:
+        from clplat.data import DATASETS
+
+        return DATASETS
 
 
 class TensorSplit(Dataset):

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from clplat.data import DATASETS
-from clplat.data.base import ClassificationData, TensorSplit, resize_images, standardize
+from clplat.data.base import ClassificationData, DataConfig, TensorSplit, resize_images, standardize
 
 SPLIT_SEED = 0
 
 
-@DATASETS.register("digits")
+class DigitsConfig(DataConfig):
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="stratified test share")
+
+
+@DATASETS.register("digits", config=DigitsConfig)
 def build_digits(cfg, seed: int) -> ClassificationData:
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from pydantic import Field
 
 from clplat.data import DATASETS
-from clplat.data.base import ClassificationData, TensorSplit, resize_images, standardize
+from clplat.data.base import ClassificationData, DataConfig, TensorSplit, resize_images, standardize
 
 GLYPH_SEED = 20_231_002
 CANVAS = 64
@@ -110,7 +111,14 @@ def make_glyphs(num_classes: int, per_class: int, size: int, rng: np.random.Gene
     return x[perm].contiguous(), torch.from_numpy(y)[perm].contiguous()
 
 
-@DATASETS.register("glyphs")
+class GlyphsConfig(DataConfig):
+    num_classes: int = Field(10, gt=1)
+    first_class: int = Field(0, ge=0, description="first glyph class id (classes relabelled from 0)")
+    train_per_class: int = Field(60, gt=0)
+    test_per_class: int = Field(20, gt=0)
+
+
+@DATASETS.register("glyphs", config=GlyphsConfig)
 def build_glyphs(cfg, seed: int) -> ClassificationData:
     """Uses ``data.first_class`` / ``num_classes`` / ``train_per_class`` / ``test_per_class`` /
     ``image_size`` (32)."""

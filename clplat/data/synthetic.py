@@ -7,9 +7,10 @@ small random shift, so classes are learnable but not trivially separable.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from clplat.data import DATASETS
-from clplat.data.base import ClassificationData, TensorSplit
+from clplat.data.base import ClassificationData, DataConfig, TensorSplit
 
 
 def _templates(n_classes: int, channels: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -28,7 +29,13 @@ def _sample(templates: torch.Tensor, per_class: int, noise: float, g: torch.Gene
     return x[perm].contiguous(), y[perm].contiguous()
 
 
-@DATASETS.register("synthetic")
+class SyntheticConfig(DataConfig):
+    num_classes: int = Field(10, gt=1)
+    train_per_class: int = Field(60, gt=0)
+    test_per_class: int = Field(20, gt=0)
+
+
+@DATASETS.register("synthetic", config=SyntheticConfig)
 def build_synthetic(cfg, seed: int) -> ClassificationData:
     size = cfg.image_size or 16
     channels = cfg.channels or 3

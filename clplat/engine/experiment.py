@@ -27,7 +27,7 @@ from clplat.engine.module import ContinualModule
 from clplat.engine.rundir import new_run_dir, write_config, write_curve_csv, write_results
 from clplat.engine.wandb_log import WandbRun
 from clplat.errors import UserError
-from clplat.scenarios import build_plan
+from clplat.scenarios import build_scenario
 from clplat.strategies import STRATEGIES
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -62,8 +62,7 @@ class Experiment:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
         self.data = build_dataset(cfg.data, cfg.seed)
-        self.plan = build_plan(cfg.scenario, self.data.train_targets, self.data.num_classes, cfg.seed,
-                               cfg.online.eval_period)
+        self.plan = build_scenario(cfg.scenario, self.data, cfg.seed, cfg.online.eval_period)
         self.batches = plan_batches(self.plan.tasks, cfg.online.stream_batch)
         self.task_classes = self.plan.new_classes(self.data.train_targets)
         seed_all(cfg.seed)  # model init does not depend on how much the data builders drew

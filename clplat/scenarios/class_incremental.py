@@ -12,8 +12,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from clplat.errors import UserError
+from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan
 
 
 def class_incremental_classes(n_classes: int, n_tasks: int, seed: int,
@@ -53,3 +55,20 @@ def _classes(n_classes: int, n_tasks: int, class_order: str, g: torch.Generator)
     else:
         raise UserError(f"scenario.class_order must be 'seeded' or 'contiguous', got {class_order!r}")
     return [chunk.tolist() for chunk in np.array_split(np.asarray(order, dtype=np.int64), n_tasks)]
+
+
+# --- registration: ``scenario.kind: class_incremental`` ------------------------------------------
+class ClassIncrementalConfig(ScenarioConfig):
+    n_tasks: int = Field(5, ge=1)
+    class_order: Literal["seeded", "contiguous"] = "seeded"
+
+
+@SCENARIOS.register("class_incremental", config=ClassIncrementalConfig)
+def build_class_incremental(cfg: ClassIncrementalConfig, data, seed: int, eval_period: int) -> StreamPlan:
+    n = data.num_classes
+    tasks = class_incremental_split(data.train_targets, n, cfg.n_tasks, seed, cfg.class_order)
+    classes = class_incremental_classes(n, cfg.n_tasks, seed, cfg.class_order)
+    zeros = [0] * cfg.n_tasks
+    return StreamPlan(tasks=tasks, num_classes=n, eval_points=[], kind="class_incremental",
+                      disjoint_classes=classes, blurry_classes=[[] for _ in classes],
+                      moved_out=zeros, moved_in=list(zeros))

@@ -7,10 +7,31 @@ generator. Indices are positions in the dataset's training split.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from clplat.registry import Registry, TaggedConfig
+
+
+class ScenarioConfig(TaggedConfig):
+    """The ``scenario:`` section. ``kind`` selects the registered scenario, whose own config model
+    (a subclass adding its fields) validates the rest; a key that kind lacks is an error."""
+
+    tag_field = "kind"
+
+    kind: str = "si_blurry"
+
+    @classmethod
+    def registry(cls) -> Registry[Any]:
+        return SCENARIOS
+
+
+# builder(cfg, data: ClassificationData, seed, eval_period) -> StreamPlan (eval points filled in later)
+SCENARIOS: Registry[Callable[..., StreamPlan]] = Registry("scenario", "clplat.scenarios",
+                                                         default_config=ScenarioConfig)
 
 
 def make_eval_points(total: int, eval_period: int) -> list[int]:

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from clplat.errors import UserError
+from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan
 
 
 @dataclass
@@ -186,3 +188,21 @@ def _flat(parts: list[list[int]]) -> list[int]:
 def _shuffle(items: list[int], g: torch.Generator) -> list[int]:
     perm = torch.randperm(len(items), generator=g).tolist()
     return [items[p] for p in perm]
+
+
+# --- registration: ``scenario.kind: si_blurry`` --------------------------------------------------
+class SiBlurryConfig(ScenarioConfig):
+    n_tasks: int = Field(5, ge=1)
+    disjoint_pct: int = Field(50, ge=0, le=100, description="N: % of classes that are disjoint")
+    blurry_pct: int = Field(10, ge=0, le=100, description="M: % of blurry-class samples moved")
+    stochastic: bool = True
+    fix_dataset_order: bool = False
+
+
+@SCENARIOS.register("si_blurry", config=SiBlurryConfig)
+def build_si_blurry(cfg: SiBlurryConfig, data, seed: int, eval_period: int) -> StreamPlan:
+    lay = si_blurry_layout(data.train_targets, data.num_classes, cfg.n_tasks, cfg.disjoint_pct, cfg.blurry_pct,
+                           seed, stochastic=cfg.stochastic, fix_dataset_order=cfg.fix_dataset_order)
+    return StreamPlan(tasks=lay.tasks, num_classes=data.num_classes, eval_points=[], kind="si_blurry",
+                      disjoint_classes=lay.disjoint_classes, blurry_classes=lay.blurry_classes,
+                      moved_out=lay.moved_out, moved_in=lay.moved_in, dropped=lay.dropped)

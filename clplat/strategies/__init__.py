@@ -1,19 +1,12 @@
-"""Continual-learning strategies, one file each, registered by name (``strategy: er``)."""
+"""Continual-learning strategies, one file each, registered by name (``strategy: er``) with
+``@STRATEGIES.register(name)``; the class's ``config_model`` (or ``config=``) types its section.
+Files are found on first lookup; no list of names is kept."""
 
 from __future__ import annotations
 
 from clplat.registry import Registry
 from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
 
-STRATEGIES: Registry[type[Strategy]] = Registry(
-    "strategy",
-    lazy={
-        "finetune": "clplat.strategies.finetune",
-        "er": "clplat.strategies.er",
-        "l2p": "clplat.strategies.prompts",
-        "dualprompt": "clplat.strategies.prompts",
-        "mvp": "clplat.strategies.mvp",
-    },
-)
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "clplat.strategies", default_config=StrategyConfig)
 
 __all__ = ["STRATEGIES", "Strategy", "StrategyConfig", "StreamContext"]
