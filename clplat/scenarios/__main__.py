@@ -1,8 +1,10 @@
 """``python -m clplat.scenarios describe CONFIG [key=value ...] [--json]``
 
 Prints the stream an experiment config would produce (per-task classes, sample counts, disjoint
-versus blurry samples, moved samples) without building a model, so a scenario can be checked
-before any compute is spent. ``--json`` prints the whole plan instead.
+versus blurry samples, moved samples; for FSCIL the sessions) without building a model, so a
+scenario can be checked before any compute is spent. ``--json`` prints the whole plan instead; for
+FSCIL, per session its ``classes``, ``samples`` (training indices) and, for file-backed datasets,
+``paths`` (relative to ``data.root``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import sys
 
 import numpy as np
 
+from clplat.data.base import ClassificationData
 from clplat.errors import main_guard
-from clplat.scenarios import StreamPlan, build_plan
+from clplat.scenarios import StreamPlan, build_scenario
 
 USAGE = "usage: python -m clplat.scenarios describe CONFIG [key=value ...] [--json]"
 
@@ -50,23 +53,56 @@ def describe_plan(plan: StreamPlan, targets: np.ndarray, header: str = "") -> st
     return "\n".join(lines)
 
 
+def fscil_sessions_json(plan: StreamPlan, data: ClassificationData) -> list[dict]:
+    """Per session: the classes it introduces, its training indices and (file-backed) their paths."""
+    paths = getattr(data.train, "paths", None)
+    out = []
+    for k, (samples, classes) in enumerate(zip(plan.tasks, plan.disjoint_classes)):
+        entry: dict = {"session": k, "classes": list(classes), "samples": list(samples)}
+        if paths is not None:
+            entry["paths"] = [paths[i] for i in samples]
+        out.append(entry)
+    return out
+
+
+def describe_fscil(plan: StreamPlan, data: ClassificationData, header: str = "") -> str:
+    """Human-readable FSCIL sessions: classes, samples, shots per class, test samples evaluated."""
+    t, test = np.asarray(data.train_targets), np.asarray(data.test_targets)
+    lines = [header] if header else []
+    lines.append(f"{plan.n_tasks} sessions (base + {plan.n_tasks - 1} incremental), {plan.total} training "
+                 f"samples, {sum(len(c) for c in plan.disjoint_classes)} of {plan.num_classes} classes used")
+    lines.append(f"{'session':>7} {'classes':>7} {'samples':>8} {'shots/class':>11} {'seen':>5} {'test_smp':>8}")
+    seen: list[int] = []
+    for k, (samples, classes) in enumerate(zip(plan.tasks, plan.disjoint_classes)):
+        seen += classes
+        counts = np.bincount(t[np.asarray(samples, dtype=np.int64)], minlength=plan.num_classes)[classes]
+        shots = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+        lines.append(f"{k:>7} {len(classes):>7} {len(samples):>8} {shots:>11} {len(seen):>5} "
+                     f"{int(np.isin(test, seen).sum()):>8}")
+    for k, classes in enumerate(plan.disjoint_classes):
+        lines.append(f"session {k}: classes {list(classes)}")
+    lines.append("evaluation after session k: test samples of all classes seen so far, unseen logits masked")
+    return "\n".join(lines)
+
+
 def describe(config_path: str, overrides: list[str], as_json: bool = False) -> str:
     from clplat.config import load_config
     from clplat.data import build_dataset
 
     cfg = load_config(config_path, overrides)
     data = build_dataset(cfg.data, cfg.seed)
-    targets = np.asarray(data.train_targets)
     sc = cfg.scenario
-    plan = build_plan(sc, targets, data.num_classes, cfg.seed, cfg.online.eval_period)
+    plan = build_scenario(sc, data, cfg.seed, cfg.online.eval_period)
     if as_json:
+        if plan.kind == "fscil":
+            return json.dumps({"name": cfg.name, "dataset": data.name, "seed": cfg.seed,
+                               "sessions": fscil_sessions_json(plan, data)})
         return json.dumps(plan.to_dict())
-    header = (f"{cfg.name}: {data.name}, scenario {sc.kind}, seed {cfg.seed}, T={sc.n_tasks}"
-              + (f", N={sc.disjoint_pct}%, M={sc.blurry_pct}%, "
-                 f"{'stochastic' if sc.stochastic else 'i-Blurry'}"
-                 + (", fix_dataset_order" if sc.fix_dataset_order else "")
-                 if sc.kind == "si_blurry" else f", class_order={sc.class_order}"))
-    return describe_plan(plan, targets, header)
+    settings = ", ".join(f"{k}={v}" for k, v in sc.model_dump().items() if k != "kind")
+    header = f"{cfg.name}: {data.name}, seed {cfg.seed}, scenario {sc.kind}({settings})"
+    if plan.kind == "fscil":
+        return describe_fscil(plan, data, header)
+    return describe_plan(plan, np.asarray(data.train_targets), header)
 
 
 @main_guard
