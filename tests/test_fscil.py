@@ -105,6 +105,22 @@ def test_integer_lines(tmp_path):
     assert read_index_files(tmp_path, split, n_files=1) == [[0, 5, 11]]
 
 
+def test_cifar100_integer_lines_index_the_pickle_order(tmp_path):
+    import pickle
+
+    from tests.test_local_datasets import fake_cifar100
+
+    fine = fake_cifar100(tmp_path / "data", n_train=7)
+    data = build_dataset(data_config(dataset="cifar100", root=str(tmp_path / "data"), normalize=False), seed=0)
+    write_sessions(tmp_path / "idx", [["6", "0", "3"], ["5"]])
+    sessions = read_index_files(tmp_path / "idx", data.train)
+    assert sessions == [[6, 0, 3], [5]]
+    raw = pickle.loads((tmp_path / "data" / "cifar-100-python" / "train").read_bytes())["data"]
+    x, y = data.train.__getitems__(sessions[0])
+    torch.testing.assert_close(x, torch.from_numpy(raw[[6, 0, 3]].reshape(3, 3, 32, 32)).float() / 255)
+    assert y.tolist() == fine[[6, 0, 3]].tolist()
+
+
 def test_integer_line_out_of_range(tmp_path):
     write_sessions(tmp_path, [["0", "1"], ["4", "12"]])
     with pytest.raises(UserError, match=r"session_2.txt line 2: sample index 12 is outside"):
@@ -141,8 +157,8 @@ def test_unknown_path_line_names_file_and_line(tmp_path):
 
 
 def test_path_lines_need_a_file_backed_dataset(tmp_path):
-    write_sessions(tmp_path, [["0", "a/b.jpg"]])
-    with pytest.raises(UserError, match="no image files"):
+    write_sessions(tmp_path, [["0", "-1"]])
+    with pytest.raises(UserError, match="session_1.txt line 2: '-1' is not a sample index.*no image files"):
         read_index_files(tmp_path, SimpleNamespace(targets=labels(2, 2)))
 
 

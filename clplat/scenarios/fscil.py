@@ -93,7 +93,7 @@ def read_index_files(index_dir: str | Path, dataset: Any, n_files: int | None = 
                             + (f" (the scenario has {n_files} sessions)" if n_files else ""))
         lines = _read_lines(path)
         if lookup is None and any(not _is_int(line) for _, line in lines):
-            lookup = _path_lookup(dataset)
+            lookup = _path_lookup(dataset)  # empty when the dataset has no files: every path line fails
         sessions.append([_resolve(path, no, line, n_samples, lookup) for no, line in lines])
         k += 1
     return sessions
@@ -182,8 +182,7 @@ def _path_lookup(dataset: Any) -> dict[str, int]:
     """``class/file`` -> training index; a key two samples share maps to -1 (ambiguous)."""
     paths = getattr(dataset, "paths", None)
     if paths is None:
-        raise UserError("FSCIL index files list image paths, but this dataset has no image files "
-                        "(use integer sample indices, as the CIFAR-100 files do)")
+        return {}
     keys = [path_key(str(p)) for p in paths]
     extra = getattr(dataset, "match_keys", None)
     table: dict[str, int] = {}
@@ -201,9 +200,11 @@ def _resolve(path: Path, no: int, line: str, n_samples: int, lookup: dict[str, i
             raise UserError(f"{path} line {no}: sample index {i} is outside the training set "
                             f"(0..{n_samples - 1})")
         return i
-    assert lookup is not None
     key = path_key(line)
-    i = lookup.get(key)
+    i = (lookup or {}).get(key)
+    if not lookup:
+        raise UserError(f"{path} line {no}: '{line}' is not a sample index, and this dataset has no image "
+                        "files to match a path against (CIFAR-100 index files use integer indices)")
     if i is None:
         raise UserError(f"{path} line {no}: '{line}' matches no training sample (looked for '{key}')")
     if i < 0:
