@@ -1,0 +1,9 @@
+"""Next-frame prediction on bouncing digits with ConvS5 or ConvLSTM (issue: ConvS5).
+
+``python -m clplat.streaming.prediction train CONFIG [key=value ...]``. One idea per module:
+
+- ``config``: the typed YAML schema (``PredictConfig``) and ``load_predict_config``;
+- ``metrics``: MSE / PSNR / SSIM per predicted frame, and the long-horizon evaluation;
+- ``module``: the Lightning adapter (teacher-forced next-frame loss through the parallel scan);
+- ``run``: the train command, the weights file and its checked loader.
+"""
