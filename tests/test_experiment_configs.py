@@ -7,8 +7,9 @@ import pytest
 from clplat.config import load_config
 from tests.conftest import REPO
 
+PREDICTION = sorted((REPO / "experiments").glob("conv*_moving_digits.yaml"))  # clplat.streaming.prediction
 TRAINING = sorted(p for p in (REPO / "experiments").rglob("*.yaml")
-                  if "sweeps" not in p.parts and not p.name.startswith("stream_"))
+                  if "sweeps" not in p.parts and not p.name.startswith("stream_") and p not in PREDICTION)
 STREAMING = sorted((REPO / "experiments").glob("stream_*.yaml"))
 
 
@@ -23,6 +24,13 @@ def test_streaming_configs_validate(path) -> None:
     from clplat.streaming.training.config import load_train_config
 
     assert load_train_config(path).name
+
+
+@pytest.mark.parametrize("path", PREDICTION, ids=lambda p: p.name)
+def test_prediction_configs_validate(path) -> None:
+    from clplat.streaming.prediction.config import load_predict_config
+
+    assert load_predict_config(path).name
 
 
 def test_there_are_configs() -> None:
