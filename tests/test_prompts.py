@@ -60,7 +60,8 @@ def test_train_step_and_eval(name: str, cfg) -> None:
 
 
 def test_l2p_diversified_selection_counts_training_use() -> None:
-    strategy = L2P(L2PConfig(pool_size=6, top_k=2, prompt_len=3), _vit(), C, (3, 16, 16)).train()
+    strategy = L2P(L2PConfig(pool_size=6, top_k=2, prompt_len=3, diversified_selection=True), _vit(), C,
+                   (3, 16, 16)).train()
     strategy.training_loss(torch.randn(5, 3, 16, 16), torch.randint(0, 4, (5,)), _ctx())
     assert float(strategy.frequency.sum()) == 6 + 5 * 2
     strategy.eval()
@@ -85,3 +86,23 @@ def test_shared_pieces() -> None:
     assert by_block[0].shape == (2, 3, 8) and by_block[1].shape == (2, 8, 8)
     assert by_block[2].shape == (2, 5, 8)
     assert torch.equal(by_block[1][:, :3], g[:, 1])
+
+
+def test_l2p_selection_is_plain_top_k_by_default_as_the_release() -> None:
+    """The release never updates its frequency buffer, so selection is plain top-k distance; the
+    paper's diversification (distance x normalised use frequency) is the opt-in."""
+    assert L2PConfig().diversified_selection is False
+    for diversified in (False, True):
+        torch.manual_seed(0)
+        s = L2P(L2PConfig(pool_size=6, top_k=2, prompt_len=1, diversified_selection=diversified), _vit(), C,
+                (3, 16, 16)).train()
+        x = torch.randn(4, 3, 16, 16)
+        with torch.no_grad():
+            dist = cosine_distance(s.backbone.query(x, final_norm=True), s.keys)
+            nearest = dist.topk(2, dim=1, largest=False).indices
+            s.frequency.copy_(torch.ones(6))
+            s.frequency[nearest.flatten()] = 1000.0  # heavily used: diversification avoids them
+            s.training_loss(x, torch.zeros(4, dtype=torch.long), _ctx())
+        counts = s.frequency - 1 - 999 * torch.isin(torch.arange(6), nearest.flatten()).float()
+        expect = torch.bincount(nearest.flatten(), minlength=6).float()
+        assert torch.equal(counts, expect) is (not diversified)

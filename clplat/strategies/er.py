@@ -1,10 +1,10 @@
 """Experience replay: reservoir memory over the stream; each update trains on the incoming batch
-plus a random memory batch (the i-Blurry / Si-Blurry baseline)."""
+plus a random memory batch (the i-Blurry / Si-Blurry baseline). CutMix, when configured, mixes
+the whole assembled batch (stream + replay), as the release's ER does."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -33,7 +33,7 @@ class ExperienceReplay(Finetune):
             xm, ym = self.memory.sample(self.cfg.memory_batch, ctx.generator)
             x = torch.cat([x, ctx.augment(xm)])
             y = torch.cat([y, ctx.to_index(ym)])
-        return F.cross_entropy(ctx.mask_logits(self.logits(x)), y)
+        return super().training_loss(x, y, ctx)
 
     def on_stream_batch(self, x: Tensor, y_orig: Tensor, ctx: StreamContext) -> None:
         self.memory.add(x, y_orig, ctx.generator)

@@ -10,7 +10,8 @@ contrastive visual prompt tuning loss on the keys (L_CVPT, ICCV-release form).
 Deliberate deviations from the release (switchable, see docs/mvp.md): GSF weights each sample's
 loss (``gsf_weighting: per_sample``; ``batch`` = release), L_CVPT divides each sample's terms by
 its own key's temperature (``cvpt_tau: per_sample``; ``release`` = the broadcast average), and
-MVP-R stores original class ids and maps them to exposure indices exactly once.
+MVP-R stores original class ids and maps them to exposure indices exactly once. Like the
+release's MVP forward, it ignores CutMix (``augment.cutmix_prob``); the head starts as timm's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from clplat.errors import UserError
 from clplat.strategies import STRATEGIES
 from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
+from clplat.strategies.heads import linear_head
 from clplat.strategies.memory import ReservoirMemory
 from clplat.strategies.prompts import as_prompted_vit, check_blocks, cosine_distance, prompts_by_block
 
@@ -131,7 +133,7 @@ class MVP(Strategy):
         self.logit_mask = nn.Parameter(torch.full((cfg.pool_size, num_classes), -1.0))
         self.g_prompt = nn.Parameter(torch.randn(len(cfg.g_blocks), cfg.g_len, dim))
         self.e_prompts = nn.Parameter(torch.randn(cfg.pool_size, len(cfg.e_blocks), cfg.e_len, dim))
-        self.head = nn.Linear(self.backbone.num_features, num_classes)
+        self.head = linear_head(self.backbone.num_features, num_classes)
         self.register_buffer("count", torch.zeros(cfg.pool_size))
         self.memory = ReservoirMemory(cfg.memory_size, tuple(input_shape)) if cfg.memory_size else None
 
@@ -200,6 +202,11 @@ class MVP(Strategy):
         tokens = self.backbone.embed(x)
         _, idx = self.select(tokens)
         return self.instance_mask(idx) * self.head(self.features(tokens, idx))
+
+    def head_features(self, x: Tensor, ctx: StreamContext | None = None) -> Tensor:
+        """The prompted features the head reads at evaluation (unscaled; for the class-mean probe)."""
+        tokens = self.backbone.embed(x)
+        return self.features(tokens, self.select(tokens)[1])
 
     def on_stream_batch(self, x: Tensor, y_orig: Tensor, ctx: StreamContext) -> None:
         """MVP-R: offer the raw stream batch (original class ids) to the reservoir."""

@@ -2,12 +2,17 @@
 
 Both follow the Si-Blurry release (``models/l2p.py``, ``models/dualprompt.py``): keys and prompts
 initialised ``U(-1, 1)``, the query is the final-norm CLS of the un-prompted model, prompt tokens
-get the CLS positional embedding added, the classifier is a new linear head. Shared pieces
+get the CLS positional embedding added, the classifier is a new linear head (timm init). Both are
+trained with the release's batch-level CutMix when ``augment.cutmix_prob > 0`` (the release runs
+them through its ER trainer). Shared pieces
 (:func:`cosine_distance`, :func:`as_prompted_vit`, :func:`prompts_by_block`) are used by
 ``clplat.strategies.mvp`` too.
 
 Deviation: the release's L2P adds its pull loss through a buffer that is never updated (its loss
 is CE only); here the pull loss is applied (``l2p.pull_weight``, 0 reproduces the release).
+L2P's frequency-diversified selection is off by default: in the release the frequency buffer is
+only updated by a method nobody calls, so it stays uniform and the selection is plain top-k
+(``l2p.diversified_selection: true`` turns on the paper's version).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from clplat.backbones.vit_prompted import PromptedViT
+from clplat.engine.augment import mix_batch, mixed_cross_entropy
 from clplat.errors import UserError
 from clplat.strategies import STRATEGIES
 from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
+from clplat.strategies.heads import linear_head
 
 
 def cosine_distance(query: Tensor, keys: Tensor) -> Tensor:
@@ -58,7 +65,8 @@ class L2PConfig(StrategyConfig):
     top_k: int = Field(5, ge=1)
     prompt_len: int = Field(5, ge=1)
     pull_weight: float = Field(0.5, ge=0, description="weight of mean(1 - cos(q, k_selected))")
-    diversified_selection: bool = Field(True, description="scale distances by normalised use frequency")
+    diversified_selection: bool = Field(
+        False, description="scale distances by normalised use frequency (a no-op in the release)")
 
     @model_validator(mode="after")
     def _k_le_pool(self) -> L2PConfig:
@@ -81,10 +89,11 @@ class L2P(Strategy):
         dim = self.backbone.embed_dim
         self.keys = nn.Parameter(torch.empty(cfg.pool_size, dim).uniform_(-1, 1))
         self.prompts = nn.Parameter(torch.empty(cfg.pool_size, cfg.prompt_len, dim).uniform_(-1, 1))
-        self.head = nn.Linear(self.backbone.num_features, num_classes)
+        self.head = linear_head(self.backbone.num_features, num_classes)
         self.register_buffer("frequency", torch.ones(cfg.pool_size))
 
-    def _forward(self, x: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+    def _features(self, x: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+        """Head input (final-norm mean of the prompt tokens) and the pull term."""
         cfg = self.cfg
         tokens = self.backbone.embed(x)
         query = self.backbone.query(tokens=tokens, final_norm=True)
@@ -98,12 +107,20 @@ class L2P(Strategy):
         B, n = x.shape[0], tokens.shape[1]
         carry = self.prompts[idx].reshape(B, cfg.top_k * cfg.prompt_len, -1) + self.backbone.cls_pos_embed
         out = self.backbone.forward_tokens(tokens=tokens, carry=carry)
-        logits = self.head(self.backbone.vit.fc_norm(out[:, n:].mean(dim=1)))
-        return logits, dist.gather(1, idx).mean()
+        return self.backbone.vit.fc_norm(out[:, n:].mean(dim=1)), dist.gather(1, idx).mean()
+
+    def _forward(self, x: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+        f, pull = self._features(x, training)
+        return self.head(f), pull
+
+    def head_features(self, x: Tensor, ctx: StreamContext | None = None) -> Tensor:
+        """What the linear head reads at evaluation (for the class-mean probe)."""
+        return self._features(x, training=False)[0]
 
     def training_loss(self, x: Tensor, y: Tensor, ctx: StreamContext) -> dict[str, Tensor]:
+        x, target = mix_batch(ctx.augment, x, y)
         logits, pull = self._forward(x, training=True)
-        ce = F.cross_entropy(ctx.mask_logits(logits), y)
+        ce = mixed_cross_entropy(ctx.mask_logits(logits), target)
         return {"loss": ce + self.cfg.pull_weight * pull, "ce": ce.detach(), "pull": pull.detach()}
 
     def predict(self, x: Tensor, ctx: StreamContext) -> Tensor:
@@ -140,9 +157,10 @@ class DualPrompt(Strategy):
         self.g_prompt = nn.Parameter(torch.empty(len(cfg.g_blocks), *kv, cfg.g_len, dim).uniform_(-1, 1))
         self.e_prompts = nn.Parameter(
             torch.empty(cfg.pool_size, len(cfg.e_blocks), *kv, cfg.e_len, dim).uniform_(-1, 1))
-        self.head = nn.Linear(self.backbone.num_features, num_classes)
+        self.head = linear_head(self.backbone.num_features, num_classes)
 
-    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Head input (final-norm CLS of the prompted ViT) and the pull term."""
         cfg = self.cfg
         tokens = self.backbone.embed(x)
         query = self.backbone.query(tokens=tokens, final_norm=True)
@@ -158,12 +176,20 @@ class DualPrompt(Strategy):
             pos = self.backbone.cls_pos_embed.unsqueeze(1)
             append = prompts_by_block([(cfg.g_blocks, g + pos), (cfg.e_blocks, e + pos)])
             out = self.backbone.forward_tokens(tokens=tokens, append=append)
-        logits = self.head(self.backbone.pool(out))
-        return logits, dist.gather(1, idx[:, None]).mean()
+        return self.backbone.pool(out), dist.gather(1, idx[:, None]).mean()
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f, pull = self._features(x)
+        return self.head(f), pull
+
+    def head_features(self, x: Tensor, ctx: StreamContext | None = None) -> Tensor:
+        """What the linear head reads (for the class-mean probe)."""
+        return self._features(x)[0]
 
     def training_loss(self, x: Tensor, y: Tensor, ctx: StreamContext) -> dict[str, Tensor]:
+        x, target = mix_batch(ctx.augment, x, y)
         logits, pull = self._forward(x)
-        ce = F.cross_entropy(ctx.mask_logits(logits), y)
+        ce = mixed_cross_entropy(ctx.mask_logits(logits), target)
         return {"loss": ce + self.cfg.pull_weight * pull, "ce": ce.detach(), "pull": pull.detach()}
 
     def predict(self, x: Tensor, ctx: StreamContext) -> Tensor:
