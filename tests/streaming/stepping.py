@@ -1,10 +1,20 @@
-"""Stepping a clip frame by frame, shared by the streaming tests."""
+"""Stepping a clip frame by frame, and the long-stream equivalence check, shared by the streaming tests.
+
+Why long streams: a stream's state machinery (stride-phase counters that cycle, rings that wrap,
+running means whose counters must keep growing, head windows that fill) only shows its steady
+regime after warm-up and after several periods of the coarsest stride. A clip that yields only
+2-4 outputs after the delay leaves that regime unchecked, so equivalence tests step at least
+``MIN_PERIODS`` whole periods past the delay and compare every emitted output.
+"""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+MIN_PERIODS = 6  # whole periods of the module's temporal stride stepped past its delay
+MIN_FRAMES = 60  # and at least this many frames (long memory: running means, head windows)
 
 
 def step_clip(module, clip: torch.Tensor, grad: bool = True) -> tuple[torch.Tensor, list[int]]:
@@ -18,3 +28,31 @@ def step_clip(module, clip: torch.Tensor, grad: bool = True) -> tuple[torch.Tens
                 outs.append(y)
                 emitted.append(t)
     return torch.stack(outs, 2), emitted
+
+
+def long_clip_frames(module, extra_periods: int = MIN_PERIODS, min_frames: int = MIN_FRAMES) -> int:
+    """Frames to step so that ``extra_periods`` whole stride periods follow the delay (and at
+    least ``min_frames``): every stride phase recurs several times in the compared outputs."""
+    return max(min_frames, module.delay + extra_periods * module.temporal_stride + 1)
+
+
+def assert_steps_match(module, clip: torch.Tensor, ref: torch.Tensor, atol: float = 1e-5,
+                       grad: bool = False) -> torch.Tensor:
+    """Step ``clip`` through ``module`` and check the stream against the offline ``ref`` ``(B, C, P, ...)``.
+
+    - the clip is long: at least ``MIN_PERIODS`` periods past the delay and ``MIN_FRAMES`` frames;
+    - outputs come exactly at steps ``stride * j + delay``, one for every position whose window
+      ends inside the clip (none missing at the end, none extra);
+    - every one of them equals the offline output for its position (``atol``, rtol 0), and the
+      reference is not near zero (so the comparison is not vacuous).
+    """
+    d, s, frames = module.delay, module.temporal_stride, clip.shape[2]
+    assert frames - d >= MIN_PERIODS * s and frames >= MIN_FRAMES, (
+        f"clip of {frames} frames is too short for delay {d}, stride {s}")
+    out, emitted = step_clip(module, clip, grad=grad)
+    n = (frames - 1 - d) // s + 1
+    assert emitted == [s * j + d for j in range(n)]
+    assert ref.shape[2] >= n
+    assert ref[:, :, :n].abs().max() > 1e-2
+    torch.testing.assert_close(out, ref[:, :, :n], atol=atol, rtol=0)
+    return out
