@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from clplat.errors import UserError
 
 __all__ = ["ACTIVATIONS", "activation_name", "apply_activation", "check_activation", "load_state_checked",
-           "make_activation", "one_line", "state_mismatch"]
+           "make_activation", "state_mismatch"]
 
 ACTIVATIONS = ("identity", "relu", "silu")
 _MODULES: dict[str, Callable[..., nn.Module]] = {"identity": nn.Identity, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -79,10 +79,4 @@ def load_state_checked(module: nn.Module, state: Mapping[str, object], source: s
     except RuntimeError as err:
         detail = state_mismatch(module, state) or str(err).strip().splitlines()[-1].strip()
         raise UserError(f"{source}: {detail}") from None
-
-
-def one_line(err: BaseException) -> str:
-    """``Type: message`` squeezed onto one line (for errors from torch that span several)."""
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 

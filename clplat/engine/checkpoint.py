@@ -5,14 +5,16 @@ strategy object, written atomically and read back with ``weights_only=True``."""
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from clplat.errors import UserError
+from clplat.errors import UserError, one_line
 from clplat.io import atomic_torch_save
+from clplat.nn import state_mismatch
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -47,3 +49,51 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__})") from None
+
+
+def restore(target: Any, path: Path) -> None:
+    """Load the checkpoint at ``path`` into ``target`` (anything with ``load_state_dict``, e.g. the
+    experiment). A checkpoint that does not fit the model built from the run's ``config.yaml``
+    (another architecture, a changed width, another strategy) is one ``UserError`` line naming the
+    file and the first differences, never a traceback."""
+    state = load_checkpoint(path)
+    try:
+        target.load_state_dict(state)
+    except UserError as err:
+        raise UserError(f"checkpoint {path}: {err}") from None
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+        strategy = getattr(target, "strategy", None)
+        detail = None
+        if isinstance(strategy, torch.nn.Module) and isinstance(state.get("strategy"), dict):
+            detail = state_mismatch(strategy, state["strategy"])
+        detail = detail or f"{type(err).__name__}: {one_line(err)}"
+        raise UserError(f"checkpoint {path} does not match the model built from "
+                        f"{path.parent.parent / 'config.yaml'}: {detail}") from None
+
+
+class ProcessRecord:
+    """What THIS process did, for ``results.json['process']``: the stream cursor it started from
+    and the optimizer updates it made (counted by a hook on the optimizer, not derived from the
+    cursor). A resumed run proves it resumed: ``start_samples`` is the checkpoint's cursor and
+    ``start_updates + updates`` equals an uninterrupted run's ``updates``."""
+
+    def __init__(self, cursor: Any, optimizer: torch.optim.Optimizer, resumed: bool) -> None:
+        self.resumed = resumed
+        self.start_samples = int(cursor.samples_seen)
+        self.start_batches = int(cursor.batches_done)
+        self.start_updates = int(cursor.updates)
+        self.updates = 0
+        optimizer.register_step_post_hook(self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.updates += 1
+
+    def announce(self, run_dir: Path) -> None:
+        """One stderr line when resuming, so a log shows where the process picked up."""
+        if self.resumed:
+            print(f"resuming {run_dir} at stream sample {self.start_samples} "
+                  f"(batch {self.start_batches}, {self.start_updates} updates done)", file=sys.stderr, flush=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resumed": self.resumed, "start_samples": self.start_samples, "start_batches": self.start_batches,
+                "start_updates": self.start_updates, "updates": self.updates}

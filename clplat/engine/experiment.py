@@ -19,7 +19,7 @@ from clplat.data import build_dataset
 from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
 from clplat.engine.callbacks import StreamDriver, StreamProgress
-from clplat.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from clplat.engine.checkpoint import ProcessRecord, atomic_save, restore, rng_state, set_rng_state
 from clplat.engine.driver import PlanBatchSampler, StreamCursor, plan_batches
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord, summarize
@@ -82,6 +82,7 @@ class Experiment:
         self.wandb: WandbRun | None = None
         self.wandb_id: str | None = None
         self.driver: StreamDriver | None = None
+        self.process: ProcessRecord | None = None  # set by run_experiment
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -166,6 +167,7 @@ def _results(exp: Experiment, wall: float) -> dict[str, Any]:
         "task_classes": exp.task_classes, "evals": [r.to_dict() for r in exp.records],
         "wall_time_s": round(wall, 3),
         "eval_time_s": round(exp.driver.eval_seconds, 3) if exp.driver else 0.0,
+        "process": exp.process.to_dict() if exp.process else None,  # where THIS process started
     }
 
 
@@ -193,12 +195,14 @@ def run_experiment(cfg: Config, run_dir: Path | None = None, resume: bool = Fals
         run_dir = new_run_dir(cfg.logging.runs_dir, cfg.name)
     exp = Experiment(cfg, run_dir)
     if resume:
-        exp.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
+        restore(exp, run_dir / CHECKPOINT)
         if exp.cursor.finished:
             raise UserError(f"{run_dir} is already complete (results in {run_dir / 'results.json'})")
     else:
         write_config(run_dir, cfg.to_dict())
     exp.wandb = WandbRun(cfg, run_dir, cfg.to_dict(), resume_id=exp.wandb_id)
+    exp.process = ProcessRecord(exp.cursor, exp.module.make_optimizer(), resumed=resume)
+    exp.process.announce(run_dir)
     exp.fit()
     if exp.interrupted:
         if exp.wandb is not None and exp.wandb.run is not None:
