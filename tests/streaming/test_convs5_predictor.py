@@ -131,6 +131,17 @@ def test_experiment_yamls_validate():
         assert cfg.model.core == name and cfg.eval.context + cfg.eval.horizon > cfg.data.frames
 
 
+def test_stream_train_entry_hands_prediction_configs_over(tmp_path, capsys):
+    """``python -m clplat.stream train`` routes ``task: next_frame`` YAMLs here (bad keys then
+    fail in this schema, not in the clip-classifier one)."""
+    from clplat.stream import main as stream_main
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("task: next_frame\nmodel:\n  core: convs5\n  wings: 2\n")
+    assert stream_main(["train", str(cfg)]) == 2
+    assert "model.wings: unknown key" in capsys.readouterr().err
+
+
 def test_train_command_end_to_end(tmp_path):
     overrides = [
         "model.widths=[4,8]", "model.latent=8", "model.layers=1", "model.state_channels=4",

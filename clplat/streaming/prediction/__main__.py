@@ -5,4 +5,8 @@ import sys
 from clplat.errors import main_guard
 from clplat.streaming.prediction.run import main
 
-sys.exit(main_guard(main)(sys.argv[1:]))
+argv = sys.argv[1:]
+if not argv or argv[0] != "train":
+    print("usage: python -m clplat.streaming.prediction train CONFIG.yaml [key.sub=value ...]", file=sys.stderr)
+    sys.exit(2)
+sys.exit(main_guard(main)(argv[1:]))

@@ -66,6 +66,7 @@ class OutputSection(_Strict):
 
 
 class PredictConfig(_Strict):
+    task: Literal["next_frame"] = "next_frame"  # tells ``python -m clplat.stream train`` to come here
     name: str = "convs5_moving_digits"
     seed: int = 0
     model: ModelSection = Field(default_factory=ModelSection)

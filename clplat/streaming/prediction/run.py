@@ -1,4 +1,5 @@
-"""``python -m clplat.streaming.prediction train CONFIG [key=value ...]``: train a next-frame
+"""``python -m clplat.stream train CONFIG [key=value ...]`` with a ``task: next_frame`` config (or
+``python -m clplat.streaming.prediction train CONFIG ...``): train a next-frame
 predictor (ConvS5 or ConvLSTM core) on bouncing digits, then score long-horizon imagination.
 
 Training runs teacher-forced through the parallel form (the ConvS5 scan); evaluation observes
@@ -23,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
+from clplat.config import load_yaml
 from clplat.data.bouncing_digits import BouncingDigits
 from clplat.errors import UserError
 from clplat.streaming.models.convs5_predictor import FramePredictor, count_parameters
@@ -131,12 +133,23 @@ def _report(cfg: PredictConfig, meta: dict[str, Any], weights: Path, seconds: fl
           f"(copy-last: MSE {m['copy_last_mse_mean']:.4f} SSIM {m['copy_last_ssim_mean']:.3f})")
 
 
+def is_prediction_config(path: str) -> bool:
+    """Whether a YAML is a next-frame prediction config (``task: next_frame``), so that
+    ``python -m clplat.stream train`` can hand it over; unreadable files answer False (the
+    caller's own loader then reports them)."""
+    try:
+        raw = load_yaml(path)
+    except UserError:
+        return False
+    return raw.get("task") == "next_frame"
+
+
 def main(argv: list[str]) -> int:
-    """``train CONFIG [key=value ...]``; errors raise UserError."""
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "train" or len(argv) < 2:
-        print("usage: python -m clplat.streaming.prediction train CONFIG.yaml [key.sub=value ...]")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    cfg = load_predict_config(argv[1], argv[2:])
-    command = "python -m clplat.streaming.prediction " + " ".join(shlex.quote(a) for a in argv)
+    """``CONFIG [key=value ...]`` (argv without the ``train`` word); errors raise UserError."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m clplat.stream train CONFIG.yaml [key.sub=value ...]  (task: next_frame)")
+        return 0 if argv else 2
+    cfg = load_predict_config(argv[0], argv[1:])
+    command = "python -m clplat.stream train " + " ".join(shlex.quote(a) for a in argv)
     run_training(cfg, command=command)
     return 0

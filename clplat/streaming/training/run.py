@@ -143,6 +143,11 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m clplat.stream train CONFIG.yaml [key.sub=value ...]")
         return 0 if argv else 2
+    from clplat.streaming.prediction.run import is_prediction_config
+    from clplat.streaming.prediction.run import main as predict_main
+
+    if is_prediction_config(argv[0]):  # task: next_frame (ConvS5 / ConvLSTM frame prediction)
+        return predict_main(argv)
     cfg = load_train_config(argv[0], argv[1:])
     command = "python -m clplat.stream train " + " ".join(shlex.quote(a) for a in argv)
     run_training(cfg, command=command)
