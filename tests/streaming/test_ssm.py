@@ -296,3 +296,16 @@ def test_stream_module_faces():
     copy.load_state_dict(layer.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(copy(clip), layer(clip))
+
+
+def test_layers_compose_in_a_stream_sequential():
+    """Both layers are ordinary StreamModules: a container's step equals its forward."""
+    from clplat.streaming import FrameLocal, StreamSequential
+
+    torch.manual_seed(10)
+    net = StreamSequential(ConvS5(3, 8), FrameLocal(torch.nn.ReLU()), ConvLSTM(3, 4))
+    clip = torch.randn(1, 3, 10, 5, 5)
+    with torch.no_grad():
+        y, _ = net.forward_steps(clip)
+        torch.testing.assert_close(y, net(clip), atol=1e-5, rtol=1e-5)
+    assert net.delay == 0 and net.receptive_field is None
