@@ -28,6 +28,8 @@ class OnlineConfig(_Section):
     stream_batch: int = Field(16, ge=1, description="new stream samples per step")
     online_iter: int = Field(3, ge=1, description="optimizer updates per incoming batch")
     eval_period: int = Field(100, ge=1, description="anytime eval every this many stream samples")
+    eval_at_end: bool = Field(False, description="extra anytime eval after the stream's last step "
+                              "(not in the official protocol; raises A_auc)")
     eval_batch: int = Field(256, ge=1)
 
 

@@ -13,6 +13,7 @@ from clplat.engine.metrics import (
     a_last,
     accuracy_matrix,
     anytime_auc,
+    anytime_due,
     bwt,
     f_last,
     summarize,
@@ -135,3 +136,59 @@ def test_bwt_skips_undefined_pairs():
     assert bwt([[0.5, None], [0.25, 0.9]]) == pytest.approx(-0.25)
     assert bwt([[None, None], [0.3, 0.9]]) is None
     assert not math.isnan(bwt([[1.0, None], [1.0, 1.0]]))
+
+
+# --- when anytime evaluations happen (the official rule) -----------------------------------------
+
+
+def _schedule(step_sizes: list[int], period: int, eval_at_end: bool = False) -> list[int]:
+    """Sample counts after which ``anytime_due`` evaluates, for a stream of these step sizes."""
+    total = sum(step_sizes)
+    points = list(range(period, total + 1, period))
+    seen, nxt, at = 0, 0, []
+    for i, n in enumerate(step_sizes):
+        seen += n
+        if anytime_due(seen, points, nxt, stream_end=i == len(step_sizes) - 1, eval_at_end=eval_at_end):
+            at.append(seen)
+            nxt += 1
+    return at
+
+
+def test_anytime_points_follow_the_official_rule() -> None:
+    # 100 samples in steps of 16 (last step 4), period 20. Official: after a step, evaluate if
+    # samples > num_eval, then num_eval += 20. Steps end at 16 32 48 64 80 96 100:
+    # 32 > 20 (next 40), 48 > 40 (next 60), 64 > 60 (next 80), 80 is not > 80, 96 > 80 (next 100),
+    # 100 is not > 100 -> evaluations at 32, 48, 64, 96 and none at the stream's end.
+    steps = [16] * 6 + [4]
+    assert _schedule(steps, 20) == [32, 48, 64, 96]
+    assert _schedule(steps, 20, eval_at_end=True) == [32, 48, 64, 96, 100]  # the extra end point
+    # a step landing exactly on a point waits for the next step (20 is not > 20; 40 > 20, ...):
+    # each evaluation is one step late, and the last one falls on the stream's last step
+    assert _schedule([20] * 5, 20) == [40, 60, 80, 100]
+    # steps longer than the period: one evaluation per step while num_eval catches up
+    assert _schedule([50] * 3, 20) == [50, 100, 150]
+    # eval_at_end adds nothing when the last step already evaluated
+    assert _schedule([16] * 6 + [24], 20, eval_at_end=True) == [32, 48, 64, 96, 120]
+
+
+def test_a_auc_has_no_stream_end_point_by_default(small_overrides: list[str]) -> None:
+    from clplat.config import load_config
+    from clplat.engine.experiment import run_experiment
+    from tests.conftest import REPO
+
+    er = REPO / "experiments" / "si_blurry_er.yaml"
+    runs = {}
+    for at_end in (False, True):
+        cfg = load_config(er, [*small_overrides, "online.online_iter=1", "online.eval_period=479",
+                               f"online.eval_at_end={str(at_end).lower()}", f"name=end{at_end}"])
+        runs[at_end] = run_experiment(cfg)
+    total = runs[False]["total_samples"]
+    assert total == 3 * 479  # the stream's end is itself a multiple of the period
+    official = [e for e in runs[False]["evals"] if e["kind"] == "anytime"]
+    extra = [e for e in runs[True]["evals"] if e["kind"] == "anytime"]
+    assert [e["samples_seen"] > p for e, p in zip(official, (479, 958))] == [True, True]
+    assert len(official) == 2 and all(e["samples_seen"] < total for e in official)
+    assert extra[:2] == official and len(extra) == 3 and extra[2]["samples_seen"] == total
+    acc = [EvalRecord.from_dict(e).accuracy for e in extra]
+    assert runs[False]["metrics"]["A_auc"] == pytest.approx(sum(acc[:2]) / 2)
+    assert runs[True]["metrics"]["A_auc"] == pytest.approx(sum(acc) / 3)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 
+from clplat.engine.metrics import anytime_due
+
 if TYPE_CHECKING:
     from clplat.engine.experiment import Experiment
 
@@ -51,10 +53,10 @@ class StreamDriver(L.Callback):
         cur.updates += exp.cfg.online.online_iter if sb.indices else 0
         points = exp.plan.eval_points
         t0 = time.perf_counter()
-        if cur.next_eval < len(points) and cur.samples_seen >= points[cur.next_eval]:
+        if anytime_due(cur.samples_seen, points, cur.next_eval, stream_end=cur.batches_done == len(exp.batches),
+                       eval_at_end=exp.cfg.online.eval_at_end):  # the official rule (docs/metrics.md)
             exp.evaluate("anytime")
-            while cur.next_eval < len(points) and points[cur.next_eval] <= cur.samples_seen:
-                cur.next_eval += 1
+            cur.next_eval += 1
         if sb.last_of_task:
             exp.evaluate("task_end")
             exp.strategy.on_task_end(pl_module.context())

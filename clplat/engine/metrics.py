@@ -73,6 +73,24 @@ def task_end_records(records: Sequence[EvalRecord]) -> list[EvalRecord]:
     return [by_task[t] for t in sorted(by_task)]
 
 
+def anytime_due(samples_seen: int, points: Sequence[int], next_eval: int, *, stream_end: bool = False,
+                eval_at_end: bool = False) -> bool:
+    """Whether to run an anytime evaluation after the training step that brought the stream to
+    ``samples_seen`` samples; ``points[next_eval]`` is the next eval point (multiples of the period).
+
+    The official rule (Si-Blurry ``methods/_trainer.py::Trainer.main_worker``): after each step, if
+    ``samples_cnt > num_eval``, evaluate once and advance ``num_eval`` by ONE period. So a step
+    that lands exactly on a point waits for the next step, at most one evaluation follows a step
+    (a step that passes several points is followed by one per later step until caught up), and the
+    stream's end adds no point. ``eval_at_end=True`` adds one after the last step (``stream_end``),
+    which the official code never does (it raises A_auc: the last point is the best-trained).
+    The caller advances ``next_eval`` by one after every evaluation this returns True for.
+    """
+    if next_eval < len(points) and samples_seen > points[next_eval]:
+        return True
+    return eval_at_end and stream_end
+
+
 def anytime_auc(records: Sequence[EvalRecord]) -> float:
     """A_auc = (1/K) Σ_k a_k over the K anytime evaluations (equal spacing, so this is the area
     under the accuracy-vs-samples curve divided by its length)."""
