@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -160,6 +162,13 @@ def test_train_command_end_to_end(tmp_path):
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model(clip), fresh.eval()(clip))
+    # the demo, headless: context then imagination into an mp4, latency JSON beside it
+    from clplat.streaming.prediction.demo import main as demo_main
+
+    out = tmp_path / "predict.mp4"
+    assert demo_main(["--model", str(weights), "--out", str(out), "--context", "3", "--horizon", "4"]) == 0
+    stats = json.loads(out.with_suffix(".json").read_text())
+    assert out.stat().st_size > 0 and stats["latency"]["frames"] == 7 and len(stats["mse_per_frame"]) == 6
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a model")
     with pytest.raises(UserError, match="not a valid safetensors"):

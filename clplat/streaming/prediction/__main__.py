@@ -1,12 +1,18 @@
-"""``python -m clplat.streaming.prediction train CONFIG [key=value ...]``."""
+"""``python -m clplat.streaming.prediction train CONFIG [key=value ...]`` or ``... demo --model PATH``."""
 
 import sys
 
 from clplat.errors import main_guard
-from clplat.streaming.prediction.run import main
+
+USAGE = ("usage: python -m clplat.streaming.prediction train CONFIG.yaml [key.sub=value ...]\n"
+         "       python -m clplat.streaming.prediction demo --model MODEL.safetensors [--out predict.mp4]")
 
 argv = sys.argv[1:]
-if not argv or argv[0] != "train":
-    print("usage: python -m clplat.streaming.prediction train CONFIG.yaml [key.sub=value ...]", file=sys.stderr)
+if argv[:1] == ["train"]:
+    from clplat.streaming.prediction.run import main
+elif argv[:1] == ["demo"]:
+    from clplat.streaming.prediction.demo import main
+else:
+    print(USAGE, file=sys.stderr)
     sys.exit(2)
 sys.exit(main_guard(main)(argv[1:]))
