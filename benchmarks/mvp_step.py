@@ -1,7 +1,7 @@
 """MVP step costs: closed-form GSF weights vs per-sample backward passes, and MVP vs ER training
 throughput / peak memory on the same frozen backbone, measured in one run.
 
-    python benchmarks/mvp_step.py [--device cpu|cuda] [--steps 10] [--write-docs]
+    python benchmarks/mvp_step.py [--device cpu|cuda] [--steps 10] [--repeats 5] [--threads 1] [--write-docs]
 
 (a) builds the release's reference (B backward passes on a copied head) and the closed form at
 ViT-B sizes (B=64, D=768, C=100), checks the weights agree to 1e-5 and prints the speed ratio.
@@ -9,6 +9,11 @@ ViT-B sizes (B=64, D=768, C=100), checks the weights agree to 1e-5 and prints th
 with the same ViT and the same samples per update; each strategy runs in its own child process so
 peak memory (CUDA: max allocated; CPU: peak RSS growth) is its own. ``--write-docs`` replaces the
 ``## MVP step`` section of docs/benchmarks.md with the figures.
+
+Fairness on a shared machine: torch's intra-op threads are pinned (``--threads``, default 1, in this
+process and in every child), and the contenders are measured in interleaved repeats (closed form /
+reference alternate for (a); ER / MVP child processes alternate, the order flipping every repeat,
+for (b)), so a slow phase of the machine hits both. Figures are medians with min..max ranges.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import multiprocessing as mp
 import platform
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -36,7 +42,7 @@ def _ctx(num_classes: int, n_exposed: int):
                          generator=torch.Generator().manual_seed(0))
 
 
-def bench_gsf(device: str, B: int = 64, D: int = 768, C: int = 100, reps: int = 20) -> dict:
+def bench_gsf(device: str, B: int = 64, D: int = 768, C: int = 100, reps: int = 20, repeats: int = 5) -> dict:
     from clplat.strategies.mvp import gsf_weights, gsf_weights_reference
 
     torch.manual_seed(0)
@@ -59,11 +65,17 @@ def bench_gsf(device: str, B: int = 64, D: int = 768, C: int = 100, reps: int = 
         _sync(device)
         return out, (time.perf_counter() - t) / reps
 
-    ours, t_closed = timed(closed)
-    ref, t_ref = timed(lambda: gsf_weights_reference(f, y, m, head, ctx, 2.0))
+    closed_s, ref_s = [], []
+    for _ in range(repeats):  # interleaved: a slow phase of the machine hits both
+        ours, t = timed(closed)
+        closed_s.append(t)
+        ref, t = timed(lambda: gsf_weights_reference(f, y, m, head, ctx, 2.0))
+        ref_s.append(t)
     err = float((ours - ref).abs().max())
+    t_closed, t_ref = statistics.median(closed_s), statistics.median(ref_s)
     return {"batch": B, "dim": D, "classes": C, "max_abs_diff": err, "closed_ms": 1e3 * t_closed,
-            "per_sample_ms": 1e3 * t_ref, "speedup": t_ref / t_closed}
+            "per_sample_ms": 1e3 * t_ref, "speedup": t_ref / t_closed, "repeats": repeats,
+            "speedup_range": [min(ref_s) / max(closed_s), max(ref_s) / min(closed_s)]}
 
 
 def _sync(device: str) -> None:
@@ -75,8 +87,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def _train_worker(name: str, device: str, steps: int, batch: int, queue) -> None:
+def _train_worker(name: str, device: str, steps: int, batch: int, threads: int, queue) -> None:
     """One strategy's updates in a fresh process, so its peak memory is its own."""
+    torch.set_num_threads(threads)
     from clplat.backbones import build_backbone
     from clplat.config import BackboneConfig
     from clplat.strategies import STRATEGIES
@@ -118,32 +131,46 @@ def _train_worker(name: str, device: str, steps: int, batch: int, queue) -> None
                "memory_kind": "max allocated (CUDA)" if device == "cuda" else "peak RSS growth"})
 
 
-def bench_training(device: str, steps: int, batch: int) -> dict:
+def bench_training(device: str, steps: int, batch: int, threads: int, repeats: int) -> dict:
     ctx = mp.get_context("spawn")
-    results = {}
-    for name in ("er", "mvp"):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_train_worker, args=(name, device, steps, batch, queue))
-        proc.start()
-        results[name] = queue.get()
-        proc.join()
-    results["throughput_ratio_mvp_over_er"] = results["mvp"]["samples_per_s"] / results["er"]["samples_per_s"]
-    results["memory_ratio_mvp_over_er"] = results["mvp"]["peak_mb"] / max(results["er"]["peak_mb"], 1e-9)
+    runs: dict[str, list[dict]] = {"er": [], "mvp": []}
+    for r in range(repeats):  # interleaved, order flipped every repeat
+        for name in (("er", "mvp") if r % 2 == 0 else ("mvp", "er")):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_train_worker, args=(name, device, steps, batch, threads, queue))
+            proc.start()
+            runs[name].append(queue.get())
+            proc.join()
+    results: dict = {}
+    for name, rs in runs.items():
+        sps = [x["samples_per_s"] for x in rs]
+        results[name] = {**rs[0], "samples_per_s": statistics.median(sps), "samples_per_s_range": [min(sps), max(sps)],
+                         "peak_mb": statistics.median([x["peak_mb"] for x in rs])}
+    er, mvp = results["er"], results["mvp"]
+    results["throughput_ratio_mvp_over_er"] = mvp["samples_per_s"] / er["samples_per_s"]
+    results["throughput_ratio_range"] = [mvp["samples_per_s_range"][0] / er["samples_per_s_range"][1],
+                                         mvp["samples_per_s_range"][1] / er["samples_per_s_range"][0]]
+    results["memory_ratio_mvp_over_er"] = mvp["peak_mb"] / max(er["peak_mb"], 1e-9)
+    results["repeats"] = repeats
     return results
 
 
 def write_docs(gsf: dict, train: dict, args: argparse.Namespace) -> None:
     er, mvp = train["er"], train["mvp"]
+    cmd = (f"python benchmarks/mvp_step.py --device {args.device} --steps {args.steps} --batch {args.batch} "
+           f"--repeats {args.repeats} --threads {args.threads} --write-docs")
+    lo, hi = train["throughput_ratio_range"]
+    ratio = f"{train['throughput_ratio_mvp_over_er']:.2f}x ({lo:.2f}-{hi:.2f})"
     section = f"""## MVP step
 
-`python benchmarks/mvp_step.py --device {args.device} --steps {args.steps} --batch {args.batch} --write-docs`
-({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads;
-on a shared machine the absolute numbers move, the ratios much less).
+`{cmd}`
+({platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads;
+medians of {args.repeats} interleaved repeats, ranges min..max).
 
 **(a) GSF weights, closed form vs the release's per-sample backward passes** (B={gsf['batch']},
 D={gsf['dim']}, C={gsf['classes']}): max |difference| {gsf['max_abs_diff']:.1e};
 closed form {gsf['closed_ms']:.3f} ms vs per-sample {gsf['per_sample_ms']:.2f} ms,
-**{gsf['speedup']:.0f}x faster**.
+**{gsf['speedup']:.0f}x faster** (range {gsf['speedup_range'][0]:.0f}-{gsf['speedup_range'][1]:.0f}x).
 
 **(b) Training step, MVP vs ER on the same frozen ViT** (`{BACKBONE['name']}` {BACKBONE['kwargs']},
 32 px, {args.batch} samples per update; ER: head only, half the batch replayed):
@@ -152,7 +179,7 @@ closed form {gsf['closed_ms']:.3f} ms vs per-sample {gsf['per_sample_ms']:.2f} m
 |---|---:|---:|
 | ER | {er['samples_per_s']:.1f} | {er['peak_mb']:.0f} |
 | MVP | {mvp['samples_per_s']:.1f} | {mvp['peak_mb']:.0f} |
-| MVP / ER | {train['throughput_ratio_mvp_over_er']:.2f}x | {train['memory_ratio_mvp_over_er']:.2f}x |
+| MVP / ER | {ratio} | {train['memory_ratio_mvp_over_er']:.2f}x |
 
 MVP runs the frozen ViT twice (the query path, then the prompted path with 5-20 extra tokens per
 block) and back-propagates through it to the prompts; ER runs it once, without a backward pass
@@ -174,17 +201,21 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats (medians, min..max ranges)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, here and in every child")
     p.add_argument("--write-docs", action="store_true")
     args = p.parse_args()
-    gsf = bench_gsf(args.device)
+    torch.set_num_threads(args.threads)
+    gsf = bench_gsf(args.device, repeats=args.repeats)
     print(f"(a) GSF B={gsf['batch']}: max diff {gsf['max_abs_diff']:.1e}, closed {gsf['closed_ms']:.3f} ms, "
           f"per-sample {gsf['per_sample_ms']:.2f} ms -> {gsf['speedup']:.0f}x")
     assert gsf["max_abs_diff"] < 1e-5, "closed-form GSF disagrees with the per-sample reference"
-    train = bench_training(args.device, args.steps, args.batch)
+    train = bench_training(args.device, args.steps, args.batch, args.threads, args.repeats)
     for name in ("er", "mvp"):
         r = train[name]
         print(f"(b) {name:>3}: {r['samples_per_s']:.1f} samples/s, peak {r['peak_mb']:.0f} MB ({r['memory_kind']})")
-    print(f"    MVP/ER throughput {train['throughput_ratio_mvp_over_er']:.2f}x, "
+    lo, hi = train["throughput_ratio_range"]
+    print(f"    MVP/ER throughput {train['throughput_ratio_mvp_over_er']:.2f}x (range {lo:.2f}-{hi:.2f}), "
           f"memory {train['memory_ratio_mvp_over_er']:.2f}x")
     print(json.dumps({"gsf": gsf, "training": train}))
     if args.write_docs:
