@@ -211,7 +211,7 @@ class ConvS5(StreamModule):
             got = tuple(state[0].shape) if ok else type(state).__name__
             raise ValueError(
                 f"ConvS5 state does not fit this layer and frame: expected a 1-tuple with a tensor {want} "
-                f"(batch, 2*state_channels/2, H, W), got {got}"
+                f"(batch, state_channels, H, W), got {got}"
             )
         return state[0]
 
