@@ -44,7 +44,35 @@ class OptimConfig(_Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only, needs momentum > 0")
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> OptimConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs name: sgd and momentum > 0")
+        return self
+
+
+class SessionPhaseConfig(_Section):
+    """How one kind of session trains (``sessions.base`` = session 0, ``sessions.incremental``)."""
+
+    epochs: int = Field(1, ge=0, description="0: no training (e.g. prototype-only methods)")
+    batch_size: int = Field(32, ge=1)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: Literal["none", "cosine"] = Field("none", description="cosine: lr * (1 + cos(pi e / E)) / 2 at epoch e")
+    eval_batch: int = Field(256, ge=1, description="batch size of the evaluation after the session")
+
+
+class SessionsConfig(_Section):
+    """``regime: sessions``: each task of the scenario is a session trained for several epochs,
+    then evaluated on the test samples of every class seen so far."""
+
+    base: SessionPhaseConfig = Field(default_factory=SessionPhaseConfig)
+    incremental: SessionPhaseConfig = Field(default_factory=SessionPhaseConfig)
+
+    def phase(self, session: int) -> SessionPhaseConfig:
+        return self.base if session == 0 else self.incremental
 
 
 class AugmentConfig(_Section):
@@ -84,6 +112,9 @@ class Config(BaseModel):
     online: OnlineConfig = Field(default_factory=OnlineConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     strategy: str = "finetune"
+    regime: Literal["online", "sessions"] = Field("online", description="online: one pass over a stream; "
+                                                  "sessions: epochs per session (the sessions: section)")
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
@@ -150,6 +181,8 @@ def format_validation_errors(err: ValidationError, prefix: str = "", union_tags:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         elif "input" in e and not isinstance(e["input"], dict | list) and e["type"] != "unknown_name":
             msg = f"{msg} (got {e['input']!r})"
         parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)

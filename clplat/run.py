@@ -42,6 +42,8 @@ def print_summary(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if results.get("regime") == "sessions":
+        return print_session_summary(results)
     table = Table(title=f"{results['name']} — {results['strategy']} (seed {results['seed']})")
     for m in METRICS:
         table.add_column(m, justify="right")
@@ -53,6 +55,29 @@ def print_summary(results: dict[str, Any]) -> None:
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
+
+
+def print_session_summary(results: dict[str, Any]) -> None:
+    """Per-session accuracy (all seen / base / novel classes, harmonic mean), then A_avg, last, PD."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    table = Table(title=f"{results['name']} — {results['strategy']} (seed {results['seed']}), accuracy %")
+    for col in ("session", "classes", "all seen", "base", "novel", "HM"):
+        table.add_column(col, justify="right")
+    seen = 0
+    for k, acc in enumerate(results["session_acc"]):
+        seen += len(results["session_classes"][k])
+        table.add_row(str(k), str(seen), cell(acc), cell(results["base_acc"][k]), cell(results["novel_acc"][k]),
+                      cell(results["hm"][k]))
+    console = Console()
+    console.print(table)
+    console.print(f"A_avg {cell(results['a_avg'])}   A_last {cell(results['a_last'])}   "
+                  f"PD {cell(results['pd'])}")
+    console.print(f"run directory: {results['run_dir']}   wall time: {results['wall_time_s']:.1f} s")
 
 
 @main_guard
@@ -80,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
         results = run_experiment(cfg)
     if results.get("interrupted"):
-        print(f"interrupted after {results['samples_seen']} stream samples; checkpoint written. "
+        where = results.get("where") or f"{results['samples_seen']} stream samples"
+        print(f"interrupted after {where}; checkpoint written. "
               f"Continue with: python -m clplat.run --resume {results['run_dir']}", file=sys.stderr)
         return 130
     print_summary(results)

@@ -193,6 +193,10 @@ def run_experiment(cfg: Config, run_dir: Path | None = None, resume: bool = Fals
     start = time.perf_counter()
     if run_dir is None:
         run_dir = new_run_dir(cfg.logging.runs_dir, cfg.name)
+    if cfg.regime == "sessions":
+        from clplat.engine.sessions import run_sessions
+
+        return run_sessions(cfg, run_dir, resume)
     exp = Experiment(cfg, run_dir)
     if resume:
         restore(exp, run_dir / CHECKPOINT)

@@ -24,7 +24,8 @@ def build_optimizer(strategy: Strategy, cfg) -> torch.optim.Optimizer:  # cfg: O
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
 
 
 class ContinualModule(L.LightningModule):
@@ -41,6 +42,8 @@ class ContinualModule(L.LightningModule):
         self.tracker = ExposureTracker(num_classes)
         self.task_id = 0
         self.samples_seen = 0
+        self.session = 0  # sessions regime: session and epoch in progress
+        self.epoch = 0
         self.last_loss = float("nan")
         self._optimizer: torch.optim.Optimizer | None = None
 
@@ -75,6 +78,7 @@ class ContinualModule(L.LightningModule):
             n_exposed=self.tracker.n_exposed, exposed_classes=self.tracker.exposed,
             label_index=self.tracker.label_index, task_id=self.task_id, samples_seen=self.samples_seen,
             generator=self.generator, augment=self.augment, training=self.training,
+            session=self.session, epoch=self.epoch,
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -60,3 +60,26 @@ def plot_matrix(path: Path, matrix: list[list[float | None]], title: str) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_sessions(path: Path, results: dict[str, Any], title: str) -> None:
+    """Accuracy after each session (all seen classes, base classes, novel classes)."""
+    plt = _pyplot()
+    n = len(results["session_acc"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * n + 2), 4))
+    xs = list(range(n))
+    ax.plot(xs, results["session_acc"], marker="o", label="all seen classes")
+    for key, label, style in (("base_acc", "base classes", "--"), ("novel_acc", "novel classes", ":")):
+        pts = [(k, v) for k, v in zip(xs, results[key]) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="s", ms=4, ls=style, label=label)
+    ax.set_xlabel("session")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks(xs)
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{title}: A_avg {results['a_avg']:.1f}, last {results['a_last']:.1f}, PD {results['pd']:.1f}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

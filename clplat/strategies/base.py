@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 
 class StrategyConfig(BaseModel):
@@ -29,6 +30,8 @@ class StreamContext:
     ``label_index[c]`` maps an original class id to its exposure index (-1 while unexposed).
     ``generator`` is the engine's checkpointed RNG: strategies draw replay batches from it so a
     resumed run repeats the same draws. ``augment`` applies a fresh random training augmentation.
+    ``task_id`` is the (hidden) task, in the sessions regime the session; ``session`` and ``epoch``
+    are the session and its epoch (both 0 in the online regime).
     """
 
     n_exposed: int
@@ -39,6 +42,8 @@ class StreamContext:
     generator: torch.Generator | None = None
     augment: Callable[[Tensor], Tensor] = field(default=lambda x: x)
     training: bool = True
+    session: int = 0
+    epoch: int = 0
 
     def to_index(self, y_orig: Tensor) -> Tensor:
         """Original class ids -> exposure indices (all must be exposed)."""
@@ -69,6 +74,9 @@ class Strategy(nn.Module):
     """
 
     config_model: ClassVar[type[StrategyConfig]] = StrategyConfig
+    # True: ``training_loss`` gets the UN-augmented batch and calls ``ctx.augment`` itself (e.g. two
+    # views for a contrastive loss). Sessions regime only; online batches are always augmented.
+    augments_itself: ClassVar[bool] = False
 
     def __init__(self, cfg: StrategyConfig, backbone: nn.Module, num_classes: int,
                  input_shape: tuple[int, ...]) -> None:
@@ -93,12 +101,30 @@ class Strategy(nn.Module):
         inputs and original class ids), e.g. to update a replay memory."""
 
     def on_task_end(self, ctx: StreamContext) -> None:
-        """Called after the last batch of each (hidden) task."""
+        """Online regime: called after the last batch of each (hidden) task."""
+
+    # --- sessions regime (``regime: sessions``) ----------------------------------------------------
+    # A session's new classes are exposed in ``ctx`` before ``on_session_start``. ``loader`` yields
+    # un-augmented ``(x, y_orig)`` CPU batches of that session's training data, one pass, in a fixed
+    # order. On ``--resume`` the engine restores ``state_dict`` and every parameter's
+    # ``requires_grad``; it does not re-run hooks that ran before the checkpoint, so anything else a
+    # hook sets must live in buffers, or be re-derived by ``on_epoch_start`` from (session, epoch).
+    def on_session_start(self, session: int, loader: DataLoader, ctx: StreamContext) -> None:
+        """Before a session's training (prototypes, Fisher estimates, masks, freezing)."""
+
+    def on_epoch_start(self, session: int, epoch: int, ctx: StreamContext) -> None:
+        """Before each training epoch of a session, after the learning rate of that epoch is set
+        (e.g. unfreeze blocks from some epoch on). Called again for the epoch a resumed run starts."""
+
+    def on_session_end(self, session: int, loader: DataLoader, ctx: StreamContext) -> None:
+        """After a session's last epoch, before its evaluation (e.g. class-mean prototypes)."""
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the optimizer updates (frozen backbones are excluded by ``requires_grad``)."""
         return (p for p in self.parameters() if p.requires_grad)
 
     def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Override to give parts of the model their own learning rate."""
+        """Override to give parts of the model their own learning rate. Sessions regime: called once
+        per session; groups may hold parameters frozen now and unfrozen by a later hook (optimizers
+        skip parameters without ``.grad``); the schedule scales every group's own ``lr``."""
         return [{"params": list(self.trainable_parameters()), "lr": lr}]
