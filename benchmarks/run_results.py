@@ -1,19 +1,24 @@
-"""The Si-Blurry digits results table: every method x seed, mean +- std, written to docs/results.md.
+"""The results tables of docs/results.md, from runs: every method x seed on a Si-Blurry stream.
 
-    python benchmarks/run_results.py [--seeds 1 2 3 4 5] [--only mvp er ...] [--jobs 2]
+    python benchmarks/run_results.py --table headline [--seeds 1 2 3 4 5] [--only mvp er ...] [--jobs 2]
+    python benchmarks/run_results.py --table digits ...
 
-All methods share the headline's stream (T=5, N=50, M=10, batch 16, 3 online iterations) and the
-shipped frozen backbone (``clplat/weights/vit_glyphs32.safetensors``); the baselines train only a
-linear head on it. Each run is ``python -m clplat.run`` on a config derived from
-``experiments/si_blurry_mvp.yaml`` (written next to the run), one torch thread per process and
-``--jobs`` processes at a time (on a 2-core machine two single-thread runs beat one two-thread run).
+``headline``: glyph classes 100-199 (``experiments/si_blurry_mvp.yaml`` and its siblings, one YAML
+per method). ``digits``: the same method configs with the data, scenario and online sections of
+``experiments/si_blurry_mvp_digits.yaml`` swapped in and replay memories of 50 (5 per class, as
+ER-500 holds on CIFAR-100; 1 % of 1,437 samples would be 14). Every run is
+``python -m clplat.run <config>`` with ``threads: 1``, ``--jobs`` processes at a time; a finished
+run (``results.json``) is reused. After each run a probe loads its final checkpoint and measures
+the head's accuracy next to a class-mean classifier on the features the head reads. The script
+then rewrites the table's block in docs/results.md: mean +- std, paired per-seed differences
+(same seed = same stream), head vs features, the stream (samples and updates per task), per seed.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,114 +30,251 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "experiments" / "si_blurry_mvp.yaml"
+EXP = ROOT / "experiments"
 RUNS = ROOT / "runs" / "results"
 DOC = ROOT / "docs" / "results.md"
-MEMORY = 200
-
-# label -> (strategy, its section)
-METHODS: dict[str, tuple[str, dict]] = {
-    "finetune": ("finetune", {}),
-    "er": ("er", {"memory_size": MEMORY, "memory_batch": 16}),
-    "l2p": ("l2p", {}),
-    "dualprompt": ("dualprompt", {}),
-    "mvp": ("mvp", {}),
-    "mvp_r": ("mvp", {"memory_size": MEMORY, "memory_batch": 16}),
-    "mvp_no_mask": ("mvp", {"use_mask": False}),
-    "mvp_no_cvpt": ("mvp", {"use_cvpt": False}),
-    "mvp_no_afs": ("mvp", {"use_afs": False}),
-    "mvp_no_gsf": ("mvp", {"use_gsf": False}),
-}
-LABELS = {
-    "finetune": "Finetune (head only)", "er": f"ER (head only, memory {MEMORY})", "l2p": "L2P",
-    "dualprompt": "DualPrompt", "mvp": "**MVP**", "mvp_r": f"**MVP-R** (memory {MEMORY})",
-    "mvp_no_mask": "MVP − instance mask", "mvp_no_cvpt": "MVP − L_CVPT (pull loss, no count penalty)",
-    "mvp_no_afs": "MVP − AFS", "mvp_no_gsf": "MVP − GSF",
-}
+DIGITS_BASE = EXP / "si_blurry_mvp_digits.yaml"
+DIGITS_MEMORY = 50
 METRICS = ("A_auc", "A_avg", "A_last", "F_last")
 
+# label -> (config file under experiments/, overrides, row title)
+METHODS: dict[str, tuple[str, list[str], str]] = {
+    "finetune": ("si_blurry_finetune.yaml", [], "Finetune (head only, CutMix)"),
+    "er": ("si_blurry_er_vit.yaml", [], "ER (head only, CutMix, memory {mem})"),
+    "l2p": ("si_blurry_l2p.yaml", [], "L2P (CutMix)"),
+    "dualprompt": ("si_blurry_dualprompt.yaml", [], "DualPrompt (CutMix)"),
+    "mvp": ("si_blurry_mvp.yaml", [], "**MVP**"),
+    "mvp_r": ("si_blurry_mvp_r.yaml", [], "**MVP-R** (memory {mem})"),
+    "mvp_no_mask": ("si_blurry_mvp.yaml", ["mvp.use_mask=false"], "MVP − instance mask"),
+    "mvp_no_cvpt": ("si_blurry_mvp.yaml", ["mvp.use_cvpt=false"], "MVP − L_CVPT (pull loss, no count penalty)"),
+    "mvp_no_afs": ("si_blurry_mvp.yaml", ["mvp.use_afs=false"], "MVP − AFS"),
+    "mvp_no_gsf": ("si_blurry_mvp.yaml", ["mvp.use_gsf=false"], "MVP − GSF"),
+}
+# (method, reference): the difference method − reference is taken seed by seed
+PAIRS = [("mvp", "finetune"), ("mvp", "l2p"), ("mvp", "dualprompt"), ("mvp_r", "er"),
+         ("mvp_no_mask", "mvp"), ("mvp_no_cvpt", "mvp"), ("mvp_no_afs", "mvp"), ("mvp_no_gsf", "mvp")]
 
-def method_config(method: str, seed: int) -> dict:
-    """The headline config with this method's strategy section swapped in."""
-    raw = yaml.safe_load(BASE.read_text())
-    strategy, section = METHODS[method]
-    raw = copy.deepcopy(raw)
-    raw.pop("mvp", None)
-    raw["strategy"] = strategy
-    if section:
-        raw[strategy] = dict(section)
-    raw["name"] = f"{method}_s{seed}"
-    raw["seed"] = seed
-    raw["logging"] = {"wandb": "disabled", "progress": False, "runs_dir": str(RUNS)}
+
+def _memory(raw: dict) -> int | None:
+    section = raw.get(raw.get("strategy", ""), {}) or {}
+    return section.get("memory_size") or None
+
+
+def method_config(table: str, method: str, seed: int) -> dict:
+    """The method's experiment YAML (plus overrides); for ``digits`` on the digits stream."""
+    from clplat.config import apply_overrides
+
+    file, overrides, _ = METHODS[method]
+    raw = apply_overrides(yaml.safe_load((EXP / file).read_text()), list(overrides))
+    if table == "digits":
+        digits = yaml.safe_load(DIGITS_BASE.read_text())
+        for key in ("data", "scenario", "online"):
+            raw[key] = digits[key]
+        raw["augment"] = {**raw.get("augment", {}), "random_crop_pad": digits["augment"]["random_crop_pad"]}
+        if _memory(raw):
+            raw[raw["strategy"]]["memory_size"] = DIGITS_MEMORY
+    raw.update(name=f"{method}_s{seed}", seed=seed, threads=1, checkpoint_every=0)
+    raw["logging"] = {"wandb": "disabled", "progress": False, "runs_dir": str(RUNS / table)}
     return raw
 
 
-def run_one(method: str, seed: int) -> dict:
-    run_dir = RUNS / f"{method}_s{seed}"
+def run_one(table: str, method: str, seed: int) -> dict:
+    """Run (or reuse) one experiment and its probe; returns results.json plus ``probe``."""
+    run_dir = RUNS / table / f"{method}_s{seed}"
     done = run_dir / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    cfg_path = RUNS / "configs" / f"{method}_s{seed}.yaml"
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(yaml.safe_dump(method_config(method, seed), sort_keys=False))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    t = time.time()
-    proc = subprocess.run([sys.executable, "-m", "clplat.run", str(cfg_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not done.is_file():
-        raise RuntimeError(f"{method} seed {seed} failed:\n{proc.stderr[-2000:]}")
-    print(f"{method:>12} seed {seed}: {time.time() - t:.0f}s", flush=True)
-    return json.loads(done.read_text())
+    if not done.is_file():
+        cfg_path = RUNS / table / "configs" / f"{method}_s{seed}.yaml"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(yaml.safe_dump(method_config(table, method, seed), sort_keys=False))
+        t = time.time()
+        proc = subprocess.run([sys.executable, "-m", "clplat.run", str(cfg_path)], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not done.is_file():
+            raise RuntimeError(f"{table} {method} seed {seed} failed:\n{proc.stderr[-2000:]}")
+        print(f"{table} {method:>12} seed {seed}: {time.time() - t:.0f}s", flush=True)
+    probe_file = run_dir / "probe.json"
+    if not probe_file.is_file():
+        proc = subprocess.run([sys.executable, __file__, "--probe", str(run_dir)], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"probe of {run_dir} failed:\n{proc.stderr[-2000:]}")
+    results = json.loads(done.read_text())
+    results["probe"] = json.loads(probe_file.read_text())
+    results["config"] = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return results
 
 
-def table(results: dict[str, list[dict]], seeds: list[int]) -> str:
-    head = "| method | " + " | ".join(f"{m} (%)" for m in METRICS) + " |\n|---|" + "---:|" * len(METRICS)
-    rows = []
+# --- the head-vs-features probe ----------------------------------------------------------------
+def probe(run_dir: Path, per_class: int = 50) -> dict:
+    """Final model of a finished run: accuracy of its head (as evaluated, exposed classes) and of a
+    nearest-class-mean classifier (cosine) on the features the head reads, class means from the
+    first ``per_class`` training samples of each exposed class (un-augmented). A gap means the
+    features still separate the classes the head has forgotten."""
+    import torch
+
+    from clplat.config import build_config
+    from clplat.engine.checkpoint import load_checkpoint
+    from clplat.engine.evaluation import evaluate, fetch
+    from clplat.engine.experiment import CHECKPOINT, Experiment
+
+    torch.set_num_threads(1)
+    cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    exp = Experiment(cfg)
+    exp.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
+    strategy, ctx = exp.strategy.eval(), exp.module.context()
+    ctx.training = False
+    head = evaluate(strategy, exp.data.test, exp.data.test_targets, ctx, num_classes=exp.data.num_classes,
+                    batch_size=256, device=torch.device("cpu"), samples_seen=0, task_id=0, kind="task_end")
+    exposed = np.asarray(ctx.exposed_classes)
+
+    @torch.no_grad()
+    def feats(split, idx: np.ndarray) -> torch.Tensor:
+        out = [strategy.head_features(fetch(split, idx[s:s + 256].tolist())[0], ctx) for s in range(0, len(idx), 256)]
+        return torch.nn.functional.normalize(torch.cat(out), dim=1)
+
+    tr_t, te_t = np.asarray(exp.data.train_targets), np.asarray(exp.data.test_targets)
+    tr_idx = np.concatenate([np.flatnonzero(tr_t == c)[:per_class] for c in exposed])
+    te_idx = np.flatnonzero(np.isin(te_t, exposed))
+    f_tr, f_te = feats(exp.data.train, tr_idx), feats(exp.data.test, te_idx)
+    means = torch.stack([f_tr[torch.from_numpy(tr_t[tr_idx] == c)].mean(0) for c in exposed])
+    pred = exposed[(f_te @ torch.nn.functional.normalize(means, dim=1).t()).argmax(1).numpy()]
+    return {"head_acc": head.accuracy, "ncm_acc": float((pred == te_t[te_idx]).mean()),
+            "n_classes": int(len(exposed)), "per_class": per_class}
+
+
+# --- tables ------------------------------------------------------------------------------------
+def _pct(runs: list[dict], key) -> np.ndarray:
+    return 100 * np.array([key(r) for r in runs], dtype=float)
+
+
+def _ms(v: np.ndarray) -> str:
+    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+
+def _title(method: str, runs: list[dict]) -> str:
+    mem = _memory(runs[0]["config"]) if runs else None
+    return METHODS[method][2].format(mem=mem)
+
+
+def summary_table(results: dict[str, list[dict]]) -> str:
+    lines = ["| method | " + " | ".join(f"{m} (%)" for m in METRICS) + " | head acc. (%) | class-mean acc. (%) |",
+             "|---|" + "---:|" * (len(METRICS) + 2)]
     for method, runs in results.items():
-        cells = []
-        for m in METRICS:
-            v = 100 * np.array([r["metrics"][m] for r in runs], dtype=float)
-            cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}")
-        rows.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
-    return head + "\n" + "\n".join(rows)
-
-
-def per_seed(results: dict[str, list[dict]]) -> str:
-    lines = ["| method | seed | A_auc | A_last | F_last | wall (s) |", "|---|---:|---:|---:|---:|---:|"]
-    for method, runs in results.items():
-        for r in runs:
-            m = r["metrics"]
-            lines.append(f"| {method} | {r['seed']} | {100 * m['A_auc']:.2f} | {100 * m['A_last']:.2f} | "
-                         f"{100 * m['F_last']:.2f} | {r.get('wall_time_s', 0):.0f} |")
+        cells = [_ms(_pct(runs, lambda r, m=m: r["metrics"][m] if r["metrics"][m] is not None else math.nan))
+                 for m in METRICS]
+        cells += [_ms(_pct(runs, lambda r: r["probe"]["head_acc"])), _ms(_pct(runs, lambda r: r["probe"]["ncm_acc"]))]
+        lines.append(f"| {_title(method, runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_table(results: dict[str, list[dict]]) -> str:
+    """Per-seed differences; 95 % t-interval of their mean, and on how many seeds it was > 0."""
+    from scipy import stats
+
+    lines = ["| difference (same seeds) | metric | mean ± sd (points) | 95 % CI | > 0 on |",
+             "|---|---|---:|---:|---:|"]
+    for a, b in PAIRS:
+        if a not in results or b not in results:
+            continue
+        ra = {r["seed"]: r for r in results[a]}
+        rb = {r["seed"]: r for r in results[b]}
+        seeds = sorted(set(ra) & set(rb))
+        for m in ("A_auc", "A_last"):
+            d = np.array([100 * (ra[s]["metrics"][m] - rb[s]["metrics"][m]) for s in seeds])
+            if len(d) > 1:
+                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+                ci = f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
+            else:
+                ci = "n/a (1 seed)"
+            lines.append(f"| {a} − {b} | {m} | {_ms(d)} | {ci} | {int((d > 0).sum())}/{len(d)} |")
+    return "\n".join(lines)
+
+
+def stream_table(runs: list[dict]) -> str:
+    """Samples and optimizer updates per task, per seed (the stream depends only on the seed)."""
+    lines = ["| seed | samples per task | updates per task | updates | anytime points |",
+             "|---:|---|---|---:|---:|"]
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        online = r["config"]["online"]
+        ends = [0, *r["task_ends"]]
+        sizes = [b - a for a, b in zip(ends, ends[1:])]
+        ups = [math.ceil(n / online["stream_batch"]) * online["online_iter"] for n in sizes]
+        points = sum(e["kind"] == "anytime" for e in r["evals"])
+        lines.append(f"| {r['seed']} | {' / '.join(map(str, sizes))} | {' / '.join(map(str, ups))} | "
+                     f"{sum(ups)} | {points} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(results: dict[str, list[dict]]) -> str:
+    lines = ["| method | seed | A_auc | A_last | F_last | head acc. | class-mean acc. | wall (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for method, runs in results.items():
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            m, p = r["metrics"], r["probe"]
+            f_last = f"{100 * m['F_last']:.2f}" if m["F_last"] is not None else "–"
+            lines.append(f"| {method} | {r['seed']} | {100 * m['A_auc']:.2f} | {100 * m['A_last']:.2f} | {f_last} | "
+                         f"{100 * p['head_acc']:.2f} | {100 * p['ncm_acc']:.2f} | {r.get('wall_time_s', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def render(table: str, results: dict[str, list[dict]], seeds: list[int]) -> str:
+    any_runs = next(iter(results.values()))
+    return "\n\n".join([
+        f"Seeds {', '.join(map(str, seeds))}; mean ± sample std (ddof 1), in %. *head acc.* is the final "
+        "head's accuracy on the test set (= A_last); *class-mean acc.* classifies the same test images "
+        "by the nearest class mean (cosine) of the features the head reads.",
+        summary_table(results),
+        "Paired differences (method − reference on the same seed, i.e. the same stream), in points:",
+        paired_table(results),
+        "The stream (identical for every method at a given seed):",
+        stream_table(any_runs),
+        "Per seed:",
+        per_seed_table(results),
+    ])
+
+
+def write_block(table: str, text: str) -> None:
+    begin, end = f"<!-- results:{table} (benchmarks/run_results.py) -->", f"<!-- /results:{table} -->"
+    body = DOC.read_text() if DOC.exists() else ""
+    block = f"{begin}\n{text}\n{end}"
+    if begin in body and end in body:
+        a, _, rest = body.partition(begin)
+        _, _, b = rest.partition(end)
+        body = a + block + b
+    else:
+        body = body.rstrip("\n") + "\n\n" + block + "\n"
+    from clplat.io import atomic_write_text
+
+    atomic_write_text(DOC, body)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", choices=["headline", "digits"], default="headline")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--only", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--print-only", action="store_true", help="print the table, do not write docs")
+    p.add_argument("--print-only", action="store_true", help="print the tables, do not write docs")
+    p.add_argument("--probe", metavar="RUN_DIR", help=argparse.SUPPRESS)  # internal: one probe
     args = p.parse_args()
+    if args.probe:
+        run_dir = Path(args.probe)
+        out = probe(run_dir)
+        from clplat.io import atomic_write_text
+
+        atomic_write_text(run_dir / "probe.json", json.dumps(out, indent=1))
+        return
     jobs = [(m, s) for m in args.only for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda ms: run_one(*ms), jobs))
+        done = list(pool.map(lambda ms: run_one(args.table, *ms), jobs))
     results: dict[str, list[dict]] = {m: [] for m in args.only}
     for (m, _), r in zip(jobs, done):
         results[m].append(r)
-    text = table(results, args.seeds)
+    text = render(args.table, results, args.seeds)
     print(text)
     if not args.print_only:
-        body = DOC.read_text() if DOC.exists() else ""
-        marker = "<!-- table: benchmarks/run_results.py -->"
-        block = f"{marker}\n{text}\n\nPer seed:\n\n{per_seed(results)}\n{marker}"
-        if body.count(marker) == 2:
-            a, _, rest = body.partition(marker)
-            _, _, b = rest.partition(marker)
-            body = a + block + b
-        else:
-            body = body.rstrip("\n") + "\n\n" + block + "\n"
-        DOC.write_text(body)
+        write_block(args.table, text)
 
 
 if __name__ == "__main__":
