@@ -46,6 +46,11 @@ class CoactConfig(StrategyConfig):
     ft_start_epoch: int = Field(0, ge=0)
     encoder_lr_factor: float = Field(0.01, ge=0)
     prototype_init: bool = Field(True, description="session-0 head rows start as class means")
+    prototype_refresh: bool = Field(False, description="after session 0, base rows := class means of the "
+                                    "tuned model (all rows then share one scale)")
+    classifier: Literal["dot", "cosine"] = Field("dot", description="dot: the release's plain linear head; "
+                                                 "cosine: cosine_scale * cos(feature, row)")
+    cosine_scale: float = Field(16.0, gt=0)
     incremental_tuning: bool = Field(True, description="train in sessions >= 1 (needs their epochs > 0)")
     incremental_params: Literal["classifier", "lora", "classifier+lora"] = "classifier+lora"
     use_consistency: bool = Field(True, description="MSE to the session-0 model's base-class logits")
@@ -131,6 +136,10 @@ class Coact(Strategy):
     def on_epoch_start(self, session: int, epoch: int, ctx: StreamContext) -> None:
         self._set_trainable(session, epoch)
 
+    def on_session_end(self, session: int, loader, ctx: StreamContext) -> None:
+        if session == 0 and self.cfg.prototype_refresh:
+            self.write_prototypes(loader, ctx)
+
     @torch.no_grad()
     def _take_base_copies(self) -> None:
         if self.base_backbone is not None:
@@ -151,6 +160,12 @@ class Coact(Strategy):
         self.train(was_training)
 
     # --- losses -------------------------------------------------------------------------------
+    def logits(self, h: Tensor, head: nn.Linear | None = None) -> Tensor:
+        w = (head or self.head).weight
+        if self.cfg.classifier == "dot":
+            return h @ w.T
+        return self.cfg.cosine_scale * F.normalize(h, dim=-1) @ F.normalize(w, dim=-1).T
+
     def _ema_step(self) -> None:
         """theta_teacher <- m theta_teacher + (1 - m) theta_student over the teacher's weights
         (the student's un-adapted weights of the same name; LoRA is never merged in)."""
@@ -175,7 +190,7 @@ class Coact(Strategy):
         if self.teacher is not None and cfg.use_ema_teacher:
             self._ema_step()
         h = self.backbone(v1)
-        ce = F.cross_entropy(ctx.mask_logits(self.head(h)), y)
+        ce = F.cross_entropy(ctx.mask_logits(self.logits(h)), y)
         out = {"ce": ce.detach()}
         loss = cfg.ce_weight * ce
         if self.teacher is not None:
@@ -191,7 +206,7 @@ class Coact(Strategy):
         cfg = self.cfg
         v1 = ctx.augment(x)
         h = self.backbone(v1)
-        logits = self.head(h)
+        logits = self.logits(h)
         ce = F.cross_entropy(ctx.mask_logits(logits), y)
         loss, out = cfg.ce_weight * ce, {"ce": ce.detach()}
         if self.base_teacher is not None:
@@ -206,7 +221,7 @@ class Coact(Strategy):
         if self.base_backbone is not None:
             n = int(self.n_base)
             with torch.no_grad():
-                base_logits = self.base_head(self.base_backbone(v1))[:, :n]
+                base_logits = self.logits(self.base_backbone(v1), self.base_head)[:, :n]
             cons = F.mse_loss(logits[:, :n], base_logits)
             loss = loss + cfg.consistency_weight * cons
             out["consistency"] = cons.detach()
@@ -214,4 +229,4 @@ class Coact(Strategy):
         return out
 
     def predict(self, x: Tensor, ctx: StreamContext) -> Tensor:
-        return self.head(self.backbone(x))
+        return self.logits(self.backbone(x))

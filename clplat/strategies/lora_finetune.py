@@ -8,6 +8,8 @@ differ by exactly the contrastive teacher, controlled fine-tuning and incrementa
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from torch import nn
 
@@ -20,6 +22,9 @@ from clplat.strategies.coact import Coact, CoactConfig
 class LoraFinetuneConfig(StrategyConfig):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     prototype_init: bool = Field(True, description="session-0 head rows start as class means")
+    prototype_refresh: bool = Field(False, description="after session 0, base rows := class means")
+    classifier: Literal["dot", "cosine"] = "dot"
+    cosine_scale: float = Field(16.0, gt=0)
 
 
 @STRATEGIES.register("lora_finetune")
@@ -28,7 +33,9 @@ class LoraFinetune(Coact):
 
     def __init__(self, cfg: LoraFinetuneConfig, backbone: nn.Module, num_classes: int,
                  input_shape: tuple[int, ...]) -> None:
-        coact = CoactConfig(lora=cfg.lora, prototype_init=cfg.prototype_init, use_contrastive=False,
+        coact = CoactConfig(lora=cfg.lora, prototype_init=cfg.prototype_init,
+                            prototype_refresh=cfg.prototype_refresh, classifier=cfg.classifier,
+                            cosine_scale=cfg.cosine_scale, use_contrastive=False,
                             use_ema_teacher=False, controlled_ft=False, incremental_tuning=False,
                             use_consistency=False)
         super().__init__(coact, backbone, num_classes, input_shape)
