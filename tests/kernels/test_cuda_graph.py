@@ -7,6 +7,8 @@ a graph). The real graphs are tested in ``test_gpu.py`` (collected only where CU
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -129,3 +131,16 @@ def test_a_graph_that_disagrees_with_the_eager_step_is_refused():
 def test_training_mode_is_refused():
     with pytest.raises(ValueError, match="eval mode"):
         _Emulated(convert(nn.Sequential(nn.Conv3d(3, 4, (2, 1, 1)))))
+
+
+@pytest.mark.slow  # Inductor compiles the phase (C++ on CPU): ~1 min on a busy 2-core box
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_emulated_graph_of_the_compiled_phase():
+    net, stream = _x3d()
+    clip = torch.randn(1, 3, 20, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = net.forward_frames(clip)
+    step = _Emulated(stream, compile=True)
+    outs, _, _ = _stream(step, clip)
+    torch.testing.assert_close(torch.stack(outs, 2), ref[:, :, : len(outs)], rtol=0, atol=1e-4)
+    assert step.captures == 1 and step._compiler.compilations == 1

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 16, point 3). On a CUDA machine, from the repository root:
+#
+#     OUT=/some/dir bash benchmarks/gpu_check.sh            # results in $OUT (default ./gpu_check_out)
+#     bash benchmarks/gpu_check.sh --device cpu --tiny      # smoke run of every code path, no GPU
+#
+# 1. the kernel tests without the Triton interpreter (tests/kernels; test_gpu.py is collected
+#    only where CUDA is), 2.-4. benchmarks/gpu_bench.py: equivalence on CUDA, batch-1 latency and
+#    multi-stream throughput for X3D-S and r2plus1d_18 vs sliding-window recompute and
+#    continual-inference 1.2.4. Wheels in ./.whl (e.g. continual-inference) are installed first
+#    into a private folder, when the machine has no package index. Each part runs even if the
+#    previous one failed; the exit code is the first failure's. Extra arguments go to gpu_bench.py.
+set -u -o pipefail
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-$PWD/gpu_check_out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+status=0
+{
+  echo "# gpu_check $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu --format=csv
+  fi
+  if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import continual" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_check_site .whl/*.whl \
+      && export PYTHONPATH="/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+} 2>&1 | tee "$OUT/env.txt"
+
+if [[ " $* " != *" --device cpu "* ]]; then
+  echo "## kernel tests (compiled Triton on CUDA tensors, no interpreter; -m 'not slow')"
+  env -u TRITON_INTERPRET timeout 120 "$PY" -m pytest tests/kernels -q -p no:cacheprovider -rs \
+      -m "not slow" 2>&1 | tee "$OUT/pytest_kernels.txt"
+  rc=${PIPESTATUS[0]}
+  [[ $rc -ne 0 ]] && status=$rc
+fi
+
+echo "## gpu_bench"
+# the whole check ends within GPU_CHECK_LIMIT seconds (default 400): the bench gets what is left,
+# and its --budget stops starting new measurements 40 s before that (its JSON is written as it goes)
+left=$(( ${GPU_CHECK_LIMIT:-400} - SECONDS - 5 ))
+(( left < 60 )) && left=60
+timeout "$left" "$PY" benchmarks/gpu_bench.py --budget $(( left - 40 )) --json "$OUT/gpu_bench.json" "$@" 2>&1 | tee "$OUT/gpu_bench.txt"
+rc=${PIPESTATUS[0]}
+[[ $rc -ne 0 && $status -eq 0 ]] && status=$rc
+echo "# gpu_check done (exit $status); results in $OUT"
+exit $status
