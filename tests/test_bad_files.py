@@ -75,6 +75,9 @@ def test_checkpoint_that_does_not_match_config(tmp_path: Path, small_overrides: 
     _edit_config(run_dir, backbone__kwargs={"width": 8}, backbone__name="small_cnn")  # another architecture
     line = _one_error_line(run_cli(["clplat.run", "--resume", str(run_dir)]))
     assert str(ckpt) in line and "does not match" in line and "missing keys" in line
+    _edit_config(run_dir, backbone__kwargs={"hidden": [64]}, backbone__name="mlp", online__stream_batch=10)
+    line = _one_error_line(run_cli(["clplat.run", "--resume", str(run_dir)]))  # same model, other stream
+    assert str(ckpt) in line and "does not match the stream planned" in line and "stream_batch" in line
     assert load_checkpoint(ckpt)["cursor"]["finished"] is False  # the checkpoint was left untouched
 
 

@@ -69,6 +69,23 @@ def restore(target: Any, path: Path) -> None:
         detail = detail or f"{type(err).__name__}: {one_line(err)}"
         raise UserError(f"checkpoint {path} does not match the model built from "
                         f"{path.parent.parent / 'config.yaml'}: {detail}") from None
+    _check_stream(target, path)
+
+
+def _check_stream(target: Any, path: Path) -> None:
+    """The cursor must fit the stream planned from the run's config: the first ``batches_done``
+    batches hold exactly ``samples_seen`` samples. A changed seed, scenario, dataset or
+    ``stream_batch`` almost always breaks this, and would otherwise resume a different stream."""
+    batches, cursor = getattr(target, "batches", None), getattr(target, "cursor", None)
+    if batches is None or cursor is None:
+        return
+    done = int(cursor.batches_done)
+    planned = sum(len(b.indices) for b in batches[:done])
+    if done > len(batches) or planned != cursor.samples_seen:
+        raise UserError(f"checkpoint {path} does not match the stream planned from "
+                        f"{path.parent.parent / 'config.yaml'}: it saw {cursor.samples_seen} samples in {done} "
+                        f"batches, the plan's first {min(done, len(batches))} batches hold {planned} "
+                        "(was the seed, scenario, dataset or online.stream_batch changed?)")
 
 
 class ProcessRecord:
