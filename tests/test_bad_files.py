@@ -64,6 +64,7 @@ def _edit_config(run_dir: Path, **sections) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
+@pytest.mark.slow  # one short run and three resumes: four processes
 def test_checkpoint_that_does_not_match_config(tmp_path: Path, small_overrides: list[str]) -> None:
     run_dir = _short_run(tmp_path, small_overrides, "changed")
     ckpt = run_dir / "checkpoints" / "last.pt"
