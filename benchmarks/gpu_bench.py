@@ -52,6 +52,8 @@ import stream_step as ss  # noqa: E402  (networks, offline references, co builde
 from clplat.streaming import compile_step  # noqa: E402
 from clplat.streaming.cuda_graph import CudaGraphStep  # noqa: E402
 
+# stream_step.py names the sliding window's work ``last_position_logits`` (``clip_logits`` before)
+_window_logits = getattr(ss, "last_position_logits", None) or ss.clip_logits
 BF16_TOL = 5e-2  # bf16 vs fp32 offline: max |diff| / max |ref| (8 mantissa bits through ~60 layers)
 FP32_TOL = 1e-4
 
@@ -143,7 +145,7 @@ def make_runner(variant: str, name: str, model: nn.Module, dev: torch.device, wi
 
         def run_sliding(frame: Tensor) -> Tensor | None:
             frames.append(frame)
-            return ss.clip_logits(name, model, torch.stack(list(frames), 2)) if len(frames) == window else None
+            return _window_logits(name, model, torch.stack(list(frames), 2)) if len(frames) == window else None
 
         return Runner(run_sliding)
     if variant == "sliding-graph":
@@ -158,7 +160,7 @@ def _sliding_graph(name: str, model: nn.Module, dev: torch.device, window: int) 
     def body() -> Tensor:
         win = box["win"]
         win.copy_(torch.cat([win[:, :, 1:], box["frame"].unsqueeze(2)], 2))
-        return ss.clip_logits(name, model, win)
+        return _window_logits(name, model, win)
 
     def run(frame: Tensor) -> Tensor | None:
         if "win" not in box:
@@ -421,7 +423,8 @@ def main() -> None:
     models = {}
     for name in a.models:
         try:
-            models[name] = fold_bn(copy.deepcopy(ss.build_offline(name))).to(dev)
+            fold = getattr(ss, "fold_batchnorm", None) or fold_bn  # one folding for every contender
+            models[name] = fold(copy.deepcopy(ss.build_offline(name))).to(dev)
             # the folded network must still be the same function
             x = torch.randn(1, 3, 20, a.size, a.size, device=dev)
             with torch.inference_mode():
