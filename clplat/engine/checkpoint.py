@@ -77,7 +77,7 @@ def _check_stream(target: Any, path: Path) -> None:
     batches hold exactly ``samples_seen`` samples. A changed seed, scenario, dataset or
     ``stream_batch`` almost always breaks this, and would otherwise resume a different stream."""
     batches, cursor = getattr(target, "batches", None), getattr(target, "cursor", None)
-    if batches is None or cursor is None:
+    if batches is None or not hasattr(cursor, "batches_done"):  # e.g. the sessions regime: no stream cursor
         return
     done = int(cursor.batches_done)
     planned = sum(len(b.indices) for b in batches[:done])
