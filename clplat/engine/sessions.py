@@ -36,6 +36,7 @@ from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord
 from clplat.engine.module import ContinualModule
 from clplat.engine.session_metrics import session_metrics
+from clplat.engine.task_eval import evaluate_tasks, parameter_metrics, task_metrics
 from clplat.engine.wandb_log import WandbRun
 from clplat.errors import UserError
 from clplat.scenarios import build_scenario
@@ -204,6 +205,7 @@ class SessionExperiment:
             generator=self.generator, gradient_clip_val=cfg.trainer.gradient_clip_val)
         self.cursor = SessionCursor()
         self.records: list[EvalRecord] = []
+        self.task_extra: list[dict[str, list[int]]] = []  # task_incremental: TIL/task-id counts per session
         self._pending_rng: dict[str, Any] | None = None
         self._pending_optimizer: dict[str, Any] | None = None
         self._pending_grads: tuple[list[bool], list[bool]] | None = None
@@ -239,6 +241,7 @@ class SessionExperiment:
             "requires_grad": self._grads(), "requires_grad_at_start": list(self.start_grads),
             "rng": rng_state(self.generator), "cursor": self.cursor.state_dict(),
             "exposure": self.module.tracker.state_dict(), "records": [r.to_dict() for r in self.records],
+            "task_extra": list(self.task_extra),
             "wandb_id": self.wandb.id if self.wandb else self.wandb_id,
         }
 
@@ -249,6 +252,7 @@ class SessionExperiment:
         self.cursor.load_state_dict(state["cursor"])
         self.module.tracker.load_state_dict(state["exposure"])
         self.records = [EvalRecord.from_dict(r) for r in state["records"]]
+        self.task_extra = list(state.get("task_extra", []))
         self.wandb_id = state.get("wandb_id")
         self._pending_rng = state["rng"]
         self._pending_optimizer = state["optimizer"]
@@ -316,9 +320,16 @@ class SessionExperiment:
         m = self.module
         self.strategy.on_session_end(session, self.hook_loader(session), m.context())
         t0 = time.perf_counter()
-        rec = evaluate(self.strategy, self.data.test, self.data.test_targets, m.context(),
-                       num_classes=self.data.num_classes, batch_size=phase.eval_batch, device=m.device,
-                       samples_seen=self.cursor.samples_seen, task_id=session, kind="task_end")
+        if self.plan.kind == "task_incremental":  # CIL record plus TIL and task-id counts, one pass
+            rec, extra = evaluate_tasks(self.strategy, self.data.test, self.data.test_targets, m.context(),
+                                        self.session_classes, num_classes=self.data.num_classes,
+                                        batch_size=phase.eval_batch, device=m.device,
+                                        samples_seen=self.cursor.samples_seen, session=session)
+            self.task_extra.append(extra)
+        else:
+            rec = evaluate(self.strategy, self.data.test, self.data.test_targets, m.context(),
+                           num_classes=self.data.num_classes, batch_size=phase.eval_batch, device=m.device,
+                           samples_seen=self.cursor.samples_seen, task_id=session, kind="task_end")
         self.eval_seconds += time.perf_counter() - t0
         self.records.append(rec)
         if self.wandb is not None:
@@ -403,6 +414,8 @@ class SessionExperiment:
     def results(self) -> dict[str, Any]:
         records = [r.to_dict() for r in self.records]
         m = session_metrics(records, self.session_classes)
+        if self.task_extra:
+            m.update(task_metrics(records, self.task_extra, self.session_classes), **parameter_metrics(self.strategy))
         return {
             "name": self.cfg.name, "strategy": self.cfg.strategy, "seed": self.cfg.seed,
             "dataset": self.cfg.data.dataset, "regime": "sessions", **m,

@@ -72,3 +72,19 @@ def build_class_incremental(cfg: ClassIncrementalConfig, data, seed: int, eval_p
     return StreamPlan(tasks=tasks, num_classes=n, eval_points=[], kind="class_incremental",
                       disjoint_classes=classes, blurry_classes=[[] for _ in classes],
                       moved_out=zeros, moved_in=list(zeros))
+
+
+# --- ``scenario.kind: task_incremental``: the same split; the task of every class is known ---------
+class TaskIncrementalConfig(ClassIncrementalConfig):
+    """Equal class blocks per task. Task labels are given only to the task-incremental (TIL)
+    evaluation; training and the class-incremental (CIL) evaluation never see them."""
+
+
+@SCENARIOS.register("task_incremental", config=TaskIncrementalConfig)
+def build_task_incremental(cfg: TaskIncrementalConfig, data, seed: int, eval_period: int) -> StreamPlan:
+    if data.num_classes % cfg.n_tasks:
+        raise UserError(f"scenario.n_tasks={cfg.n_tasks} does not divide the {data.num_classes} classes "
+                        "(task_incremental needs equal tasks; class_incremental splits unevenly)")
+    plan = build_class_incremental(cfg, data, seed, eval_period)
+    plan.kind = "task_incremental"
+    return plan

@@ -95,6 +95,11 @@ class Strategy(nn.Module):
         """Logits ``(B, num_classes)`` for evaluation; the engine applies ``ctx.mask_logits``."""
         raise NotImplementedError
 
+    def predict_task(self, x: Tensor, task: int, ctx: StreamContext) -> Tensor:
+        """Task-incremental evaluation: logits when the task (session index) is given; the engine
+        reads only that task's classes. Default: ``predict`` (one shared head, no task input)."""
+        return self.predict(x, ctx)
+
     # --- optional hooks -----------------------------------------------------------------------
     def on_stream_batch(self, x: Tensor, y_orig: Tensor, ctx: StreamContext) -> None:
         """Called once per incoming stream batch after its ``online_iter`` updates (raw, un-augmented
