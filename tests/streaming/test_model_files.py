@@ -5,6 +5,8 @@ mismatch, exit 2, from the demo and from ``train`` (``train.init_weights``)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,17 @@ def test_nan_loss_stops_training_with_one_line(tmp_path: Path, capsys: pytest.Ca
     err = _one_error_line(capsys)
     assert "training diverged: loss nan" in err and "train.lr" in err
     assert not out.exists() and not (tmp_path / "runs" / "stream_x3d_moving_digits" / "results.json").exists()
+
+
+def test_streaming_wing_imports_neither_the_engine_nor_lightning_to_play() -> None:
+    """The demo loads and converts a model without Lightning (fast start), and no part of the
+    streaming wing, training included, imports the continual-learning engine."""
+    code = ("import sys\n"
+            "from clplat.stream import load_player\n"
+            "load_player('stream_x3d_moving_digits', 'cpu', False)\n"
+            "assert 'lightning' not in sys.modules, 'the demo imported lightning'\n"
+            "import clplat.streaming.training.run\n"
+            "bad = [m for m in sys.modules if m.startswith('clplat.engine')]\n"
+            "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
