@@ -132,7 +132,7 @@ class ConTraCon(Strategy):
             if name in self.replaced:
                 p.requires_grad_(False)
         self.adapters = nn.ModuleList()
-        self._cache: dict[int, dict[str, Tensor]] = {}
+        self._cache: dict[int, tuple[tuple[int, ...], dict[str, Tensor]]] = {}
 
     # --- per-task state -----------------------------------------------------------------------
     def offset(self, task: int) -> int:
@@ -160,9 +160,12 @@ class ConTraCon(Strategy):
 
     def overrides(self, task: int) -> dict[str, Tensor]:
         """Backbone parameter name -> task ``task``'s tensor (adapted q/k/v, LayerNorms, pool)."""
-        if not self.training and not torch.is_grad_enabled() and task in self._cache:
-            return self._cache[task]
         a = self.adapters[task]
+        caching = not self.training and not torch.is_grad_enabled()
+        # in-place changes (optimizer steps, load_state_dict) bump a tensor's version: stale otherwise
+        version = tuple(p._version for p in [*a.parameters(), *self.backbone.parameters()]) if caching else ()
+        if caching and task in self._cache and self._cache[task][0] == version:
+            return self._cache[task][1]
         out: dict[str, Tensor] = {}
         if a.reweight is not None:
             for proj, rw in zip(self.projections, a.reweight, strict=True):
@@ -171,8 +174,8 @@ class ConTraCon(Strategy):
             out[f"{name}.weight"], out[f"{name}.bias"] = ln.weight, ln.bias
         if a.pool is not None:
             out[f"{self.pool_name}.weight"], out[f"{self.pool_name}.bias"] = a.pool.weight, a.pool.bias
-        if not self.training and not torch.is_grad_enabled():
-            self._cache[task] = out  # evaluation: adapted weights once per task, not per batch
+        if caching:
+            self._cache[task] = (version, out)  # evaluation: adapted weights once per task, not per batch
         return out
 
     def task_logits(self, x: Tensor, task: int) -> Tensor:
