@@ -30,6 +30,7 @@ import argparse
 import collections
 import contextlib
 import copy
+import gc
 import json
 import logging
 import os
@@ -299,6 +300,7 @@ def measure(name: str, model: nn.Module, dev: torch.device, variants: list[str],
             continue
         try:
             if dev.type == "cuda":
+                gc.collect()  # the previous variant's graphs and buffers (closures hold cycles)
                 torch.cuda.empty_cache()
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
@@ -317,6 +319,44 @@ def measure(name: str, model: nn.Module, dev: torch.device, variants: list[str],
             entry[key] = {"error": f"{type(err).__name__}: {err}"[:500]}
             print(f"  {name:12s} {v:15s} batch {batch}: ERROR {entry[key]['error']}")
             traceback.print_exc()
+
+
+def profile_kernels(name: str, model: nn.Module, dev: torch.device, a: argparse.Namespace, out: dict) -> None:
+    """GPU kernels per frame (count, summed kernel time, by kind) of the eager step and of one
+    sliding-window recompute at batch 1: a graph replay costs about these kernels back to back, so
+    the count times the per-kernel floor bounds it from below."""
+    from torch.profiler import ProfilerActivity, profile
+
+    frames = torch.randn(8, 1, 3, a.size, a.size, device=dev)
+    for v in ("eager", "sliding"):
+        runner = make_runner(v, name, model, dev, a.window)
+        stream = ss.build_clplat(name, model)
+        n = stream.temporal_stride * 2 if v == "eager" else 2  # whole periods / two recomputes
+        with torch.inference_mode():
+            for t in range(stream.delay + 2 * stream.temporal_stride + a.window):
+                runner(frames[t % 8])
+            _sync(dev)
+            activity = ProfilerActivity.CUDA if dev.type == "cuda" else ProfilerActivity.CPU  # CPU: smoke only
+            with profile(activities=[activity]) as prof:
+                for t in range(n):
+                    runner(frames[t % 8])
+                _sync(dev)
+        kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+        for e in prof.events():
+            if str(getattr(e, "device_type", "")).endswith("CUDA"):
+                us = float(getattr(e, "device_time", 0.0) or getattr(e, "cuda_time", 0.0))
+                low = e.name.lower()
+                kind = ("triton" if "triton" in low or "epilogue" in low else
+                        "conv/gemm" if any(k in low for k in ("conv", "gemm", "xmma", "sm90", "cudnn", "implicit",
+                                                              "cutlass", "wgrad", "dgrad", "fprop")) else
+                        "copy" if "copy" in low or "memcpy" in low or "cat" in low else "other")
+                kinds[kind][0] += 1 / n
+                kinds[kind][1] += us / n
+        total = [sum(k[0] for k in kinds.values()), sum(k[1] for k in kinds.values())]
+        out.setdefault(v, {})["kernels_per_frame"] = {"total": total, **{k: list(x) for k, x in kinds.items()}}
+        print(f"  {name:12s} {v:8s} {total[0]:.0f} kernels/frame, {total[1]:.0f} us of kernel time/frame; "
+              + ", ".join(f"{k} {x[0]:.0f} ({x[1]:.0f} us)" for k, x in sorted(kinds.items())))
+        del runner
 
 
 def ceilings(dev: torch.device) -> dict[str, float]:
@@ -381,7 +421,8 @@ def main() -> None:
     p.add_argument("--no-inductor", action="store_true", help="skip the Inductor variants (compilation time)")
     p.add_argument("--inductor-models", nargs="+", default=["x3d_s"],
                    help="models for the Inductor variants (r2plus1d_18 has 8 phases to compile)")
-    p.add_argument("--sections", nargs="+", default=["equivalence", "batch1", "streams", "inductor"])
+    p.add_argument("--sections", nargs="+", default=["equivalence", "batch1", "streams", "profile", "inductor"])
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (all contenders)")
     p.add_argument("--json")
     a = p.parse_args()
     a.size = a.size or (32 if a.tiny else 112)
@@ -392,6 +433,7 @@ def main() -> None:
         sys.exit("error: --device cuda requested but CUDA is not available (use --device cpu --tiny)")
     torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 (equivalence at 1e-4)
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     t_start = time.monotonic()
     deadline = t_start + a.budget
@@ -399,7 +441,7 @@ def main() -> None:
 
     env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "size": a.size, "window": a.window,
-           "streams": a.streams, "tf32": False}
+           "streams": a.streams, "tf32": False, "cudnn_benchmark": a.cudnn_benchmark}
     if dev.type == "cuda":
         env["device"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
@@ -439,6 +481,7 @@ def main() -> None:
         ("equivalence", lambda n, m, out: check_equivalence(n, m, dev, base + ["co"] * has_co, a, out)),
         ("batch1", lambda n, m, out: measure(n, m, dev, base + baselines, 1, a, out, deadline)),
         ("streams", lambda n, m, out: measure(n, m, dev, base + baselines, a.streams, a, out, deadline)),
+        ("profile", lambda n, m, out: profile_kernels(n, m, dev, a, out)),
         ("inductor", lambda n, m, out: (check_equivalence(n, m, dev, inductor, a, out),
                                         measure(n, m, dev, inductor, 1, a, out, deadline),
                                         measure(n, m, dev, inductor[:1], a.streams, a, out, deadline))),

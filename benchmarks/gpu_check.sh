@@ -16,19 +16,23 @@ OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 status=0
+# wheels carried to a machine without a package index (continual-inference for the co baseline);
+# outside the piped block below, so the PYTHONPATH export reaches the later steps
+if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import continual" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_check_site \
+    .whl/*.whl 2>&1 | tee "$OUT/pip.txt"
+  export PYTHONPATH="/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 {
   echo "# gpu_check $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu --format=csv
   fi
-  if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import continual" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_check_site .whl/*.whl \
-      && export PYTHONPATH="/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}"
-  fi
   "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+  "$PY" -c "import continual; print('continual-inference', continual.__version__)" || echo "continual-inference: not importable (co baseline skipped)"
 } 2>&1 | tee "$OUT/env.txt"
 
-if [[ " $* " != *" --device cpu "* ]]; then
+if [[ " $* " != *" --device cpu "* && -z "${GPU_CHECK_SKIP_TESTS:-}" ]]; then
   echo "## kernel tests (compiled Triton on CUDA tensors, no interpreter; -m 'not slow')"
   env -u TRITON_INTERPRET timeout 120 "$PY" -m pytest tests/kernels -q -p no:cacheprovider -rs \
       -m "not slow" 2>&1 | tee "$OUT/pytest_kernels.txt"
