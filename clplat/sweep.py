@@ -38,7 +38,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dir", help="sweep directory (default runs/sweeps/<sweep file stem>)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///DIR/study.db)")
     p.add_argument("--study", help="study name (default: the sweep file stem)")
-    p.add_argument("--seed", type=int, default=None, help="sampler seed (leave unset when several runners share a study)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampler seed (leave unset when several runners share a study)")
     p.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online", "auto"],
                    help="logging.wandb of every trial (default disabled)")
     p.add_argument("--threads", type=int, default=None, help="threads per trial (default: CPUs // jobs)")
@@ -67,7 +68,7 @@ def check_against_config(sweep: Sweep) -> Any:
     logged = SESSION_METRICS if base.regime == "sessions" else ONLINE_METRICS
     key = sweep.metric.removeprefix("final/")
     if not sweep.metric.startswith("final/") or key not in logged:
-        raise UserError(f"sweep {sweep.path}: metric {sweep.metric!r} is not logged by a {base.regime} run "
+        raise UserError(f"sweep {sweep.path}: metric {sweep.metric!r} is not logged by {base.regime} runs "
                         f"(logged: {', '.join('final/' + k for k in logged)})")
     return base
 
@@ -185,7 +186,8 @@ class Runner:
         run_dir = self.dir / "trials" / f"trial_{trial.number:04d}"
         t0 = time.perf_counter()
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
             with self.lock:
                 self.procs[trial.number] = proc
             watcher = Watcher(run_dir, self.sweep.metric)

@@ -1,0 +1,1 @@
+"""Bridges to other continual-learning libraries (each imported lazily; see its module)."""
