@@ -149,7 +149,7 @@ def _pct(runs: list[dict], key) -> np.ndarray:
 
 
 def _ms(v: np.ndarray) -> str:
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f} (1 seed)"
 
 
 def _title(method: str, runs: list[dict]) -> str:
@@ -188,6 +188,8 @@ def paired_table(results: dict[str, list[dict]]) -> str:
             else:
                 ci = "n/a (1 seed)"
             lines.append(f"| {a} − {b} | {m} | {_ms(d)} | {ci} | {int((d > 0).sum())}/{len(d)} |")
+    if len(lines) == 2:
+        lines.append("| (no pair with both methods run) | | | | |")
     return "\n".join(lines)
 
 
