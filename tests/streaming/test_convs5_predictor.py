@@ -99,6 +99,17 @@ def test_frame_scores_by_hand():
     assert s["ssim"][0, 1] < 1.0
 
 
+def test_ssim_in_chunks_equals_one_frame_at_a_time():
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 1, 11, 16, 16, generator=g), torch.rand(2, 1, 11, 16, 16, generator=g)
+    got = frame_scores(pred, target)["ssim"]  # 22 frames: more than one chunk
+    want = torch.tensor([[float(ssim(pred[i, :, t][None], target[i, :, t][None], data_range=1.0))
+                          for t in range(11)] for i in range(2)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_evaluate_horizon_shapes_and_baseline():
     model = _tiny("convs5")
     videos = torch.stack([BouncingDigits("test", 2, BouncingDigitsSpec(canvas=16, digit_size=8, frames=7))[i]

@@ -19,6 +19,8 @@ from clplat.streaming.models.convs5_predictor import FramePredictor
 
 __all__ = ["evaluate_horizon", "frame_scores", "to_clip"]
 
+SSIM_CHUNK = 16  # frames per SSIM call
+
 
 def to_clip(videos: Tensor) -> Tensor:
     """``uint8 (B, T, H, W)`` -> float ``(B, 1, T, H, W)`` in [0, 1]."""
@@ -32,8 +34,12 @@ def frame_scores(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
     b, c, t, h, w = pred.shape
     mse = ((pred - target) ** 2).mean(dim=(1, 3, 4))
     psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-    flat = lambda x: x.movedim(2, 1).reshape(b * t, c, h, w).double()  # noqa: E731
-    ssim = structural_similarity_index_measure(flat(pred), flat(target), data_range=1.0, reduction="none")
+    p, q = (x.movedim(2, 1).reshape(b * t, c, h, w).float() for x in (pred, target))
+    # in chunks: the Gaussian-window convs run through im2col (~5 KB per pixel), all frames at
+    # once would take gigabytes
+    ssim = torch.cat([structural_similarity_index_measure(p[i : i + SSIM_CHUNK], q[i : i + SSIM_CHUNK],
+                                                          data_range=1.0, reduction="none")
+                      for i in range(0, b * t, SSIM_CHUNK)])
     return {"mse": mse, "psnr": psnr, "ssim": ssim.view(b, t).to(mse.dtype)}
 
 
