@@ -128,6 +128,24 @@ def test_session_start_writes_class_mean_prototypes_of_the_student() -> None:
         assert torch.allclose(model.head.weight[c], f[y == c].mean(0), atol=1e-5)
 
 
+def test_prototype_refresh_rewrites_base_rows_after_session_zero_only_when_asked() -> None:
+    loader = _loader(4)
+    for refresh in (False, True):
+        model = _coact(prototype_refresh=refresh).eval()
+        model.on_session_start(0, loader, _session_ctx(4, 6, 0))
+        with torch.no_grad():
+            for n, p in model.backbone.named_parameters():
+                if ".lora_B." in n:
+                    p.normal_()  # "training" moved the features
+            tuned = model.backbone(loader[0][0][:3]).mean(0)  # loader[0]: 3 samples of class 0 first
+        before = model.head.weight.detach().clone()
+        model.on_session_end(0, loader, _session_ctx(4, 6, 0))
+        if refresh:
+            assert torch.allclose(model.head.weight[0], tuned, atol=1e-5)
+        else:
+            assert torch.equal(model.head.weight, before)
+
+
 def test_controlled_ft_unfreezes_from_its_layer_and_epoch() -> None:
     model = _coact(ft_start_layer=2, ft_start_epoch=3)
     model.on_epoch_start(0, 2, _session_ctx(4, 6, 0, 2))
@@ -194,14 +212,112 @@ def test_incremental_loss_has_consistency_on_base_logits_only() -> None:
     ctx1 = _session_ctx(6, 6, 1)
     model.on_session_start(1, _loader(6), ctx1)
     x, y = _loader(6)[-1]
-    model.train()
+    model.eval()  # no LoRA dropout: the student equals its session-0 copy right after the copy
     out = model.training_loss(x, y, ctx1)
     assert set(out) == {"loss", "ce", "supcon", "consistency"}
+    assert out["consistency"].item() == 0.0
+    with torch.no_grad():
+        model.head.weight[4:].add_(1.0)  # rows of session-1 classes: not part of the consistency
+    assert model.training_loss(x, y, ctx1)["consistency"].item() == 0.0
+    with torch.no_grad():
+        model.head.weight[:4].add_(0.1)
+    out = model.training_loss(x, y, ctx1)
+    assert out["consistency"].item() > 0
     out["loss"].backward()
     assert model.head.weight.grad is not None
-    assert all(p.grad is None for p in model.base_backbone.parameters())  # detached teacher side
+    assert all(p.grad is None for p in model.base_backbone.parameters())
 
 
 def test_lora_target_matching_no_module_is_a_user_error() -> None:
     with pytest.raises(UserError, match="'query' matches no linear layer"):
         _coact(lora={"targets": ["query", "value"]})
+
+
+# --- end to end in the sessions regime (digits FSCIL, shipped ViT) -----------------------------
+DIGITS = "experiments/fscil_coact_digits.yaml"
+
+
+def _digits_overrides(tmp_path, *extra: str) -> list[str]:
+    return ["threads=1", "logging.wandb=disabled", "logging.progress=false",
+            f"logging.runs_dir={tmp_path / 'runs'}", "sessions.base.epochs=2",
+            "sessions.incremental.epochs=1", "coact.ft_start_epoch=1", *extra]
+
+
+@pytest.mark.slow
+def test_short_coact_run_beats_chance_on_every_session(tmp_path) -> None:
+    from clplat.config import load_config
+    from clplat.engine.experiment import run_experiment
+    from tests.conftest import REPO
+
+    res = run_experiment(load_config(REPO / DIGITS, _digits_overrides(tmp_path)))
+    seen = [4, 6, 8, 10]
+    assert len(res["session_acc"]) == 4
+    for acc, n in zip(res["session_acc"], seen, strict=True):
+        assert acc > 3 * 100 / n, res["session_acc"]  # chance is 100 / n
+    # novel classes too: accuracy on their test samples, predicted among all seen classes
+    assert all(a > 3 * 100 / n for a, n in zip(res["novel_acc"][1:], seen[1:], strict=True)), res["novel_acc"]
+
+
+@pytest.mark.slow
+def test_coact_killed_mid_base_session_resumes_to_identical_metrics(tmp_path) -> None:
+    """Teacher EMA, controlled fine-tuning, session-0 copies and prototypes all survive SIGKILL."""
+    import json
+    import signal
+    import time
+
+    from tests.conftest import REPO
+    from tests.test_engine import _cli_run
+
+    over = _digits_overrides(tmp_path, "sessions.base.epochs=3")
+    ref = _cli_run([str(REPO / DIGITS), *over, "name=ref"])
+    assert ref.wait(timeout=900) == 0, ref.stderr.read()
+    run_dir = tmp_path / "runs" / "killed"
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    p = _cli_run([str(REPO / DIGITS), *over, "name=killed"])
+    deadline = time.time() + 600
+    cursor = None
+    while time.time() < deadline and p.poll() is None:
+        try:
+            cursor = torch.load(ckpt, weights_only=True)["cursor"]
+        except Exception:  # not written yet
+            cursor = None
+        if cursor is not None and cursor["session"] == 0 and cursor["epoch"] >= 1:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "run finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run_dir / "results.json").exists()
+    p = _cli_run(["--resume", str(run_dir)])
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    got = json.loads((run_dir / "results.json").read_text())
+    want = json.loads((tmp_path / "runs" / "ref" / "results.json").read_text())
+    assert got["process"]["resumed"] and got["process"]["start_session"] == 0
+    assert got["evals"] == want["evals"] and got["session_acc"] == want["session_acc"]
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    ("lora_finetune", ["sessions.incremental.epochs=0"]),
+    ("simplecil", ["sessions.base.epochs=0", "sessions.incremental.epochs=0"]),
+])
+@pytest.mark.slow
+def test_baselines_run_in_the_sessions_regime(tmp_path, strategy: str, extra: list[str]) -> None:
+    from clplat.config import load_config
+    from clplat.engine.experiment import run_experiment
+    from tests.conftest import REPO
+
+    over = [o for o in _digits_overrides(tmp_path) if not o.startswith("coact.")]
+    res = run_experiment(load_config(REPO / DIGITS, [*over, f"strategy={strategy}", *extra]))
+    assert all(a > 3 * 100 / n for a, n in zip(res["session_acc"], (4, 6, 8, 10), strict=True))
+
+
+@pytest.mark.slow
+def test_coact_with_a_bad_lora_target_exits_2_with_one_line(tmp_path) -> None:
+    from tests.conftest import REPO, run_cli
+
+    res = run_cli(["clplat.run", str(REPO / DIGITS), *_digits_overrides(tmp_path), "coact.lora.targets=[query]"])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "'query' matches no linear layer" in lines[-1]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("results.json"))
