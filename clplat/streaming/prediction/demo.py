@@ -1,4 +1,4 @@
-"""``python -m clplat.streaming.prediction demo --model PATH [--out predict.mp4] ...``
+"""``python -m clplat.streaming.prediction demo [--model NAME_OR_PATH] [--out predict.mp4] ...``
 
 Plays a held-out bouncing-digits video through a trained predictor one frame at a time: during
 the ``--context`` frames the model sees the truth; after that it imagines, each predicted frame
@@ -22,6 +22,19 @@ from clplat.errors import UserError
 from clplat.streaming.prediction.run import load_predictor
 from clplat.streaming.sinks import LatencyStats, VideoFileSink, annotate, write_json
 
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+SHIPPED = {"convs5_moving_digits": "convs5_moving_digits.safetensors"}
+
+
+def resolve_predictor(name_or_path: str) -> Path:
+    """A shipped predictor name or a path to a ``.safetensors`` written by the train command."""
+    if name_or_path in SHIPPED:
+        path = WEIGHTS_DIR / SHIPPED[name_or_path]
+        if not path.is_file():
+            raise UserError(f"shipped model '{name_or_path}' is missing from {WEIGHTS_DIR} (reinstall clplat)")
+        return path
+    return Path(name_or_path)
+
 
 def _panel(truth: np.ndarray, pred: np.ndarray, lines: list[str]) -> np.ndarray:
     """Grey ``(H, W)`` frames in [0, 1] side by side (truth | prediction), annotated, BGR."""
@@ -36,7 +49,7 @@ def play_prediction(model_path: str, out: str, context: int, horizon: int, seed:
     """Step the model over context + horizon frames; returns the statistics written beside ``out``."""
     if context < 1 or horizon < 1:
         raise UserError(f"--context and --horizon must be >= 1, got {context}, {horizon}")
-    model, meta = load_predictor(model_path)
+    model, meta = load_predictor(resolve_predictor(model_path))
     d = meta.get("data", {})
     spec = BouncingDigitsSpec(canvas=d.get("canvas", 64), digit_size=d.get("digit_size", 28),
                               digits=d.get("digits", 2), speed=tuple(d.get("speed", (2.0, 4.0))))
@@ -71,7 +84,8 @@ def play_prediction(model_path: str, out: str, context: int, horizon: int, seed:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m clplat.streaming.prediction demo", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="a .safetensors written by the prediction train command")
+    p.add_argument("--model", required=True,
+                   help=f"shipped ({', '.join(SHIPPED)}) or a .safetensors written by the train command")
     p.add_argument("--out", default="predict.mp4")
     p.add_argument("--context", type=int, default=8)
     p.add_argument("--horizon", type=int, default=40)
