@@ -65,7 +65,8 @@ def test_probe_head_accuracy_is_the_runs_a_last(tmp_path) -> None:
     from clplat.run import main
 
     code = main([str(REPO / "experiments" / "si_blurry_er.yaml"), "logging.wandb=disabled", "logging.progress=false",
-                 f"logging.runs_dir={tmp_path}", "name=p", "checkpoint_every=0", "online.eval_period=400"])
+                 f"logging.runs_dir={tmp_path}", "name=p", "checkpoint_every=0", "online.eval_period=400",
+                 "online.online_iter=1", "online.stream_batch=32", "threads=1"])
     assert code == 0
     out = rr.probe(tmp_path / "p", per_class=20)
     a_last = json.loads((tmp_path / "p" / "results.json").read_text())["metrics"]["A_last"]
