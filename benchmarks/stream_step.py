@@ -1,35 +1,46 @@
-"""Per-frame cost of streaming video inference on CPU: clplat ``step`` vs two baselines.
+"""Per-frame cost of streaming video inference on CPU: clplat ``step`` vs three baselines, and
+every contender against the network's arithmetic floor.
 
     python benchmarks/stream_step.py [--models x3d_s r2plus1d_18] [--size 112] [--window 16]
-                                     [--threads 2] [--rounds 3] [--json out.json]
+                                     [--threads 1] [--cpus 0] [--rounds 3] [--json out.json]
 
 For each network (X3D-S-like ``x3d_s`` and torchvision ``r2plus1d_18``, random weights from one
-seed, eval mode) it measures, at batch 1, ``size`` x ``size`` RGB frames:
+seed, eval mode) every contender runs the SAME network: BatchNorm folded into the preceding
+convs (``stream_nets.fold_batchnorm``, torch's ``fuse_conv_bn_eval``), so no contender pays for
+BN at run time. At batch 1, ``size`` x ``size`` RGB frames:
 
 - ``clplat``: ``clplat.streaming.convert(model).step`` once per frame (explicit state).
 - ``compiled``: the same step through ``clplat.streaming.compile_step`` (Inductor, C++ on CPU);
   its one-off compilation happens during warm-up and is reported apart (``warm-up s``).
-- ``sliding``: the offline model recomputed on the last ``window`` frames at every frame.
-  For r2plus1d_18 (temporal stride 8, so a stream emits every 8th frame) it also reports
-  ``sliding/8``: the recompute only every 8th frame, i.e. the same output rate as the stream.
-- ``co``: continual-inference 1.2.4 ``forward_step`` on the same network built from ``co.Conv3d``,
-  ``co.Residual``/``co.BroadcastReduce``, ``co.AdaptiveAvgPool3d`` and ``co.forward_stepping``,
-  with the same weights.
+- ``sliding``: the last ``window`` frames recomputed at every frame, computing only the newest
+  position's prediction (``stream_nets.last_position_logits``: the backbone on the whole window,
+  whose every position feeds that prediction; the head only where the last prediction reads it).
+  For r2plus1d_18 (temporal stride 8: a stream emits every 8th frame) also ``sliding/8``: the
+  recompute every 8th frame only, the stream's output rate.
+- ``co``: continual-inference 1.2.4 ``forward_step`` on the same folded network built from
+  ``co.Conv3d``, ``co.Residual``/``co.BroadcastReduce``, ``co.AdaptiveAvgPool3d`` and
+  ``co.forward_stepping``, with the same weights.
 
-Outputs are checked before timing, on one stream of frames: every clplat output equals the
-offline network's output for its position (warm-up included), co's steady-state outputs equal
-the same positions, and the sliding window's first full window equals them too. Each variant
-runs in a fresh child process so its peak memory (rise of the resident set over the loaded
-model, read from ``/proc/self/status`` after resetting the high-water mark) is its own. Rounds
-alternate the variants so a noisy machine hurts them alike; medians are reported, and the
-ratios compare numbers measured in this same run. Also reported: 8 streams stepped as one
-batch (frames/s over all streams).
+Outputs are checked before timing against the UNFOLDED offline network, on one stream of frames:
+the folded network per position, every clplat / compiled output for its position (warm-up
+included), co's steady-state outputs, and the sliding window's last-position output. Each
+variant runs in a fresh child process, pinned to the same CPUs (``--cpus``) with the same
+thread count, so its peak memory (rise of the resident set over the loaded model, read from
+``/proc/self/status`` after resetting the high-water mark) is its own. Rounds interleave the
+variants so a noisy machine hurts them alike; means and medians over all timed frames of all
+rounds; ratios compare numbers measured in this same run. Also: 8 streams stepped as one batch.
+
+Arithmetic floor: the network's multiply-adds per input frame in a steady stream (torch's FLOP
+counter on the per-position offline network, difference of a 64- and a 32-frame clip on the meta
+device), divided by the best fp32 multiply-add rate measured in the same run, in a pinned child
+at the start and at the end (a 512^3 GEMM and a 64->64 3x3 conv on 56x56; the faster of the two,
+so the floor is a lower bound, unless the conv beats the GEMM by over 1.5x, which means a fast
+conv algorithm such as Winograd rather than a multiply-add rate: then the GEMM's). Each
+contender's mean step is reported as a multiple of it.
 """
-
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import multiprocessing as mp
@@ -47,141 +58,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SEED = 0
-NUM_CLASSES = 400
-HEAD_WINDOW = {"x3d_s": 8, "r2plus1d_18": 2}  # positions the per-frame head averages
+from stream_nets import (  # noqa: E402
+    HEAD_WINDOW,
+    arithmetic,
+    build_clplat,
+    build_co,
+    build_network,
+    build_offline,
+    fold_batchnorm,  # noqa: F401  (re-exported: benchmarks/gpu_bench.py folds with it)
+    last_position_logits,
+    offline_positions,
+)
 
-
-# ---------------------------------------------------------------- the networks (offline form)
-
-
-def build_offline(name: str) -> nn.Module:
-    """Seeded random weights and randomised BN statistics (so BN folding is really exercised)."""
-    torch.manual_seed(SEED)
-    if name == "x3d_s":
-        from clplat.streaming.models import x3d_s
-
-        model = x3d_s(NUM_CLASSES, head_window=HEAD_WINDOW[name], dropout=0.0)
-    elif name == "r2plus1d_18":
-        from torchvision.models.video import r2plus1d_18
-
-        model = r2plus1d_18(weights=None, num_classes=NUM_CLASSES)
-    else:
-        raise ValueError(name)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.8, 1.2)
-    return model.eval()
+# ---------------------------------------------------------------- the machine's peak
 
 
-def offline_positions(name: str, model: nn.Module, clip: Tensor) -> Tensor:
-    """The offline network's per-position logits ``(B, K, P)``: what a stream emits, position by position.
-
-    x3d_s: ``forward_frames`` (causal window head). r2plus1d_18: the torchvision backbone, then the
-    spatial mean, a causal average over the last ``HEAD_WINDOW`` positions, and ``fc``.
-    """
-    if name == "x3d_s":
-        return model.forward_frames(clip)
-    x = clip
-    for part in (model.stem, model.layer1, model.layer2, model.layer3, model.layer4):
-        x = part(x)
-    s = x.mean(dim=(3, 4))  # (B, C, P)
-    w = HEAD_WINDOW[name]
-    count = torch.arange(1, s.shape[-1] + 1, dtype=s.dtype).clamp(max=w)
-    pooled = F.pad(s, (w - 1, 0)).unfold(-1, w, 1).sum(-1) / count
-    return model.fc(pooled.transpose(1, 2)).transpose(1, 2)
-
-
-def clip_logits(name: str, model: nn.Module, clip: Tensor) -> Tensor:
-    """The offline prediction for the newest frame of ``clip``: what the sliding window recomputes.
-
-    x3d_s: its per-frame head at the last position. r2plus1d_18: torchvision's clip classifier
-    (global average; with T=16 that is the last position of a 2-position window head).
-    """
-    return model.forward_frames(clip)[..., -1] if name == "x3d_s" else model(clip)
+def measure_peak(task: dict[str, Any]) -> dict[str, float]:
+    """Child: the best fp32 multiply-add rate of this core on a GEMM (512^3: large enough for
+    MKL's peak, short enough to fit between preemptions) and a ResNet-style conv (64->64, 3x3,
+    56x56, batch 1), pinned and threaded like the contenders; best of 30 calls each."""
+    _pin(task)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    x, w = torch.randn(1, 64, 56, 56), torch.randn(64, 64, 3, 3)
+    cases = {"gemm": (lambda: torch.mm(a, b), 512**3),
+             "conv": (lambda: F.conv2d(x, w, padding=1), 64 * 64 * 9 * 56 * 56)}
+    out = {}
+    with torch.inference_mode():
+        for key, (fn, macs) in cases.items():
+            for _ in range(3):
+                fn()
+            best = min(_timed(fn) for _ in range(30))
+            out[f"{key}_gmacs"] = macs / best / 1e9
+    return out
 
 
-def build_clplat(name: str, model: nn.Module) -> nn.Module:
-    from clplat.streaming import convert
-
-    return convert(model, temporal_window=HEAD_WINDOW[name]).eval()
-
-
-# ---------------------------------------------------------------- continual-inference equivalents
-
-
-class _PerPositionHead(nn.Module):
-    """``(B, C, T, 1, 1) -> (B, K, T)``: a classifier applied at every position (frame-local)."""
-
-    def __init__(self, classify: nn.Module) -> None:
-        super().__init__()
-        self.classify = classify
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classify(x.flatten(3).mean(-1).transpose(1, 2)).transpose(1, 2)
-
-
-def _co_leaf(m: nn.Module) -> nn.Module:
-    import continual as co
-
-    if isinstance(m, nn.Conv3d):
-        return co.Conv3d.build_from(m, temporal_fill="zeros")
-    if isinstance(m, nn.ReLU | nn.SiLU):
-        return co.forward_stepping(type(m)())
-    return co.forward_stepping(copy.deepcopy(m))  # BN, SE (per-frame scope): frame-local
-
-
-def _co_chain(mods: list[nn.Module]) -> nn.Module:
-    import continual as co
-
-    return co.Sequential(*[_co_leaf(m) for m in mods if not isinstance(m, nn.Identity)])
-
-
-def _co_residual(main: nn.Module, shortcut: list[nn.Module] | None, act: nn.Module) -> nn.Module:
-    """Residual block; a strided shortcut is delayed at the input rate so both branches align."""
-    import continual as co
-
-    if not shortcut:
-        return co.Sequential(co.Residual(main), _co_leaf(act))
-    short = co.Sequential(co.Delay(main.delay), *[_co_leaf(m) for m in shortcut])
-    return co.Sequential(co.BroadcastReduce(main, short, reduce="sum", auto_delay=False), _co_leaf(act))
-
-
-def _leaves(m: nn.Module) -> list[nn.Module]:
-    kids = list(m.children())
-    if not kids or not isinstance(m, nn.Sequential):
-        return [m]
-    return [leaf for k in kids for leaf in _leaves(k)]
-
-
-def build_co(name: str, model: nn.Module) -> nn.Module:
-    """The same network and weights in continual-inference modules."""
-    import continual as co
-
-    w = HEAD_WINDOW[name]
-    if name == "x3d_s":
-        layers = [_co_chain(_leaves(model.stem))]
-        for stage in model.stages:
-            for blk in stage:
-                main = _co_chain([m for _, m in blk.main_path()])
-                short = None if blk.shortcut is None else list(blk.shortcut)
-                layers.append(_co_residual(main, short, blk.act))
-        h = model.head
-        layers += [_co_chain([h.conv, h.bn, h.act]), co.AdaptiveAvgPool3d((1, 1, 1), kernel_size=w)]
-        head = nn.Sequential(h.proj, h.proj_act, h.fc)
-    else:
-        layers = [_co_chain(_leaves(model.stem))]
-        for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
-            for blk in layer:
-                main = _co_chain(_leaves(blk.conv1) + _leaves(blk.conv2))
-                short = None if blk.downsample is None else list(blk.downsample)
-                layers.append(_co_residual(main, short, blk.relu))
-        layers.append(co.AdaptiveAvgPool3d((1, 1, 1), kernel_size=w))
-        head = model.fc
-    layers.append(co.forward_stepping(_PerPositionHead(copy.deepcopy(head))))
-    return co.Sequential(*layers).eval()
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------- runners (one output per frame or None)
@@ -222,7 +138,7 @@ def make_runner(variant: str, name: str, model: nn.Module, window: int) -> Any:
         counter[0] += 1
         if len(frames) < window or counter[0] % every:
             return None
-        return clip_logits(name, model, torch.stack(list(frames), dim=2))
+        return last_position_logits(name, model, torch.stack(list(frames), dim=2))
 
     return run
 
@@ -249,11 +165,18 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(task: dict[str, Any]) -> dict[str, Any]:
-    """Child: build one variant, check outputs (batch 1), time steady-state frames, peak memory."""
+def _pin(task: dict[str, Any]) -> None:
+    """Same threads and the same cores for every child (no migration between measurements)."""
     torch.set_num_threads(task["threads"])
+    if task.get("cpus"):
+        os.sched_setaffinity(0, task["cpus"])
+
+
+def measure(task: dict[str, Any]) -> dict[str, Any]:
+    """Child: build one variant, time steady-state frames, peak memory."""
+    _pin(task)
     name, variant, batch, size = task["model"], task["variant"], task["batch"], task["size"]
-    model = build_offline(name)
+    model = build_network(name)
     gen = torch.Generator().manual_seed(1)
     frames = torch.randn(batch, 3, task["frames"], size, size, generator=gen)
     result: dict[str, Any] = {"model": name, "variant": variant, "batch": batch}
@@ -296,29 +219,31 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_child(task: dict[str, Any]) -> dict[str, Any]:
+def run_child(task: dict[str, Any], fn: Any = measure) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(measure, (task,))
+        return pool.apply(fn, (task,))
 
 
 # ---------------------------------------------------------------- checks and report
 
 
-def check_outputs(name: str, size: int, window: int, frames: int, threads: int) -> dict[str, float]:
-    """Max |difference| between what each variant computes and the offline network.
+def check_outputs(name: str, size: int, window: int, frames: int, threads: int,
+                  variants: list[str]) -> dict[str, float]:
+    """Max |difference| between what each variant computes and the offline network (BN unfolded).
 
-    - ``clplat``: every stepped output equals the offline network's output for its position
-      (``offline_positions`` on the whole stream so far), warm-up included.
-    - ``co``: its steady-state outputs (after its pooling window filled) equal the same positions.
-    - ``sliding``: the clip model on a window equals clplat's converted network run offline on that
-      window (so the recompute baseline and the stream compute one function with one set of weights).
+    - ``folded``: the BN-folded network every contender runs equals the unfolded one, per position;
+    - ``clplat`` / ``compiled``: every stepped output equals the offline output for its position
+      (``offline_positions`` on the whole stream so far), warm-up included;
+    - ``co``: its steady-state outputs (after its pooling window filled) equal the same positions;
+    - ``sliding``: its last-position output on a window equals the offline network's last
+      position on that window.
     """
     torch.set_num_threads(threads)
-    model = build_offline(name)
+    offline, model = build_offline(name), build_network(name)
     clip = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(1))
-    stream = build_clplat(name, model)
-    runners = {v: make_runner(v, name, model, window) for v in ("clplat", "compiled", "co")}
+    runners = {v: make_runner(v, name, model, window) for v in ("clplat", "compiled", "co")
+               if v == "clplat" or v in variants}
     errs: dict[str, float] = {}
 
     def close(variant: str, got: Tensor, want: Tensor) -> None:
@@ -329,16 +254,19 @@ def check_outputs(name: str, size: int, window: int, frames: int, threads: int) 
             raise AssertionError(f"{name}/{variant}: outputs differ from the offline network by {errs[variant]}")
 
     with torch.inference_mode():
-        ref = offline_positions(name, model, clip)[0].T  # (P, K)
+        ref = offline_positions(name, offline, clip)[0].T  # (P, K)
+        close("folded", offline_positions(name, model, clip)[0].T, ref)
         outs = {v: [o for o in (run(clip[:, :, t]) for t in range(frames)) if o is not None]
                 for v, run in runners.items()}
         n = len(outs["clplat"])
         close("clplat", torch.cat(outs["clplat"]), ref[:n])
-        close("compiled", torch.cat(outs["compiled"]), ref[: len(outs["compiled"])])
-        m = min(len(outs["co"]), n - (HEAD_WINDOW[name] - 1))  # align the ends; skip the head's warm-up
-        close("co", torch.cat(outs["co"][-m:]), ref[n - m: n])
+        if "compiled" in outs:
+            close("compiled", torch.cat(outs["compiled"]), ref[: len(outs["compiled"])])
+        if "co" in outs:
+            m = min(len(outs["co"]), n - (HEAD_WINDOW[name] - 1))  # align the ends; skip the head's warm-up
+            close("co", torch.cat(outs["co"][-m:]), ref[n - m: n])
         last = clip[:, :, -window:]
-        close("sliding", clip_logits(name, model, last), stream.forward(last)[..., -1].reshape(1, -1))
+        close("sliding", last_position_logits(name, model, last), offline_positions(name, offline, last)[..., -1])
     errs["positions_checked"] = float(n)
     return errs
 
@@ -347,71 +275,127 @@ def _stats(ms: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(ms), "p50": statistics.median(ms), "min": min(ms)}
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["x3d_s", "r2plus1d_18"])
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpus", type=int, nargs="+", default=None,
+                   help="CPU ids every child is pinned to (default: the first --threads allowed CPUs)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=24, help="timed steady-state frames for step methods")
     p.add_argument("--variants", nargs="+", default=["clplat", "compiled", "co", "sliding", "sliding/8"],
                    help="clplat, compiled, co, sliding, sliding/8 (r2plus1d_18 only); clplat is the reference")
+    p.add_argument("--no-batch8", action="store_true", help="skip the 8-streams-batched measurement")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args()
+    if args.cpus is None:
+        args.cpus = sorted(os.sched_getaffinity(0))[: args.threads]
+    return args
+
+
+def _peak(args: argparse.Namespace) -> dict[str, float]:
+    return run_child({"threads": args.threads, "cpus": args.cpus}, measure_peak)
+
+
+def _time_variants(name: str, args: argparse.Namespace, variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Batch 1: ``rounds`` interleaved rounds (variant order the same each round, every variant in
+    its own fresh child), medians/means over all timed frames."""
+    warm = 40 if name == "x3d_s" else 72  # past the delay (28 / 54 frames) and two stride periods
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            sliding = v.startswith("sliding")  # its warm-up is one full window (one recompute)
+            steps = args.steps if not sliding else (4 if v == "sliding" else 16)
+            w0 = args.window if sliding else warm
+            task = {"model": name, "variant": v, "batch": 1, "size": args.size, "window": args.window,
+                    "frames": w0 + steps, "warmup": w0, "threads": args.threads, "cpus": args.cpus}
+            runs[v].append(run_child(task))
+    per = {}
+    for v in variants:
+        ms = [x for r in runs[v] for x in r["ms"]]
+        per[v] = {**_stats(ms), "peak_mib": statistics.median(r["peak_mib"] or 0 for r in runs[v]),
+                  "n": len(ms), "warmup_s": statistics.median(r["warmup_s"] for r in runs[v]),
+                  "rss_mib": statistics.median(r["model_rss_mib"] for r in runs[v])}
+    return per
+
+
+def _batched(name: str, args: argparse.Namespace, variants: list[str]) -> dict[str, dict[str, float]]:
+    """8 streams stepped as one batch (frames/s over all streams)."""
+    warm = 40 if name == "x3d_s" else 72
+    multi = {}
+    for v in [v for v in ("clplat", "compiled", "co") if v in variants]:
+        task = {"model": name, "variant": v, "batch": 8, "size": args.size, "window": args.window,
+                "frames": warm + max(8, args.steps // 2), "warmup": warm, "threads": args.threads,
+                "cpus": args.cpus}
+        r = run_child(task)
+        mean_s = statistics.fmean(r["ms"]) / 1e3
+        multi[v] = {"step_ms": mean_s * 1e3, "frames_per_s": 8 / mean_s, "peak_mib": r["peak_mib"]}
+    return multi
+
+
+def _print_model(name: str, per: dict[str, dict[str, Any]], arith: dict[str, float], floor_ms: float,
+                 peak: float) -> None:
+    print(f"arithmetic: {arith['step_macs'] / 1e6:.1f} M multiply-adds per input frame (network, steady "
+          f"state); floor at this run's peak {peak:.1f} GMAC/s: {floor_ms:.3f} ms. Sliding window: "
+          f"{arith['sliding_macs'] / 1e6:.0f} M per output ({arith['sliding_macs'] / arith['step_macs']:.1f}x)")
+    print("| method | per-frame ms (mean) | p50 | x floor (mean) | peak extra MiB | process RSS MiB | warm-up s |")
+    print("|---|---|---|---|---|---|---|")
+    for v, r in per.items():
+        print(f"| {v} | {r['mean']:.2f} | {r['p50']:.2f} | {r['mean'] / floor_ms:.1f} | {r['peak_mib']:.1f} "
+              f"| {r['rss_mib']:.0f} | {r['warmup_s']:.1f} |")
+    for mine in [v for v in ("clplat", "compiled") if v in per]:
+        for base in [v for v in per if v not in ("clplat", "compiled")]:
+            p50 = per[base]["p50"] / per[mine]["p50"]
+            print(f"{mine} vs {base}: {per[base]['mean'] / per[mine]['mean']:.1f}x faster (mean), "
+                  + (f"{p50:.1f}x (p50); " if p50 > 0 else "")
+                  + f"peak memory {per[base]['peak_mib']:.1f} vs {per[mine]['peak_mib']:.1f} MiB")
+
+
+def main() -> None:
+    args = _parse_args()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor())
     print(f"# stream_step: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-          f"{args.threads} threads, batch 1, {args.size}x{args.size}, window {args.window}, "
-          f"load avg {os.getloadavg()[0]:.1f}")
-    report: dict[str, Any] = {"cpu": cpu, "threads": args.threads, "size": args.size, "window": args.window,
-                              "models": {}}
+          f"{args.threads} threads pinned to CPUs {args.cpus}, batch 1, {args.size}x{args.size}, "
+          f"window {args.window}, load avg {os.getloadavg()[0]:.1f}")
+    peaks = [_peak(args)]
+    report: dict[str, Any] = {"cpu": cpu, "threads": args.threads, "cpus": args.cpus, "size": args.size,
+                              "window": args.window, "models": {}}
+    results = {}
     for name in args.models:
         # past the delay (28 / 54 frames) and, for the compiled step, two periods of its phases
         check_frames = 48 if name == "x3d_s" else 80
-        errs = check_outputs(name, args.size, args.window, check_frames, args.threads)
+        errs = check_outputs(name, args.size, args.window, check_frames, args.threads, args.variants)
         print(f"\n## {name}: outputs equal to the offline network (max |diff|: "
               + ", ".join(f"{k} {v:.1e}" for k, v in errs.items() if k != "positions_checked")
               + f"; {int(errs['positions_checked'])} stepped positions)")
         variants = [v for v in args.variants if v != "sliding/8" or name == "r2plus1d_18"]
-        warm = 40 if name == "x3d_s" else 72  # past the delay (28 / 54 frames) and two stride periods
-        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-        for _ in range(args.rounds):
-            for v in variants:
-                sliding = v.startswith("sliding")  # its warm-up is one full window (one recompute)
-                steps = args.steps if not sliding else (4 if v == "sliding" else 16)
-                w0 = args.window if sliding else warm
-                task = {"model": name, "variant": v, "batch": 1, "size": args.size, "window": args.window,
-                        "frames": w0 + steps, "warmup": w0, "threads": args.threads}
-                runs[v].append(run_child(task))
-        per = {}
-        for v in variants:
-            ms = [x for r in runs[v] for x in r["ms"]]
-            per[v] = {**_stats(ms), "peak_mib": statistics.median(r["peak_mib"] or 0 for r in runs[v]),
-                      "n": len(ms), "warmup_s": statistics.median(r["warmup_s"] for r in runs[v]),
-                      "rss_mib": statistics.median(r["model_rss_mib"] for r in runs[v])}
-        print("| method | per-frame ms (mean) | p50 | peak extra MiB | process RSS MiB | warm-up s |")
-        print("|---|---|---|---|---|---|")
-        for v in variants:
-            print(f"| {v} | {per[v]['mean']:.2f} | {per[v]['p50']:.2f} | {per[v]['peak_mib']:.1f} "
-                  f"| {per[v]['rss_mib']:.0f} | {per[v]['warmup_s']:.1f} |")
-        for mine in [v for v in ("clplat", "compiled") if v in variants]:
-            for base in [v for v in variants if v not in ("clplat", "compiled")]:
-                p50 = per[base]["p50"] / per[mine]["p50"]
-                print(f"{mine} vs {base}: {per[base]['mean'] / per[mine]['mean']:.1f}x faster (mean), "
-                      + (f"{p50:.1f}x (p50); " if p50 > 0 else "")
-                      + f"peak memory {per[base]['peak_mib']:.1f} vs {per[mine]['peak_mib']:.1f} MiB")
-        multi = {}
-        for v in [v for v in ("clplat", "compiled", "co") if v in variants]:
-            task = {"model": name, "variant": v, "batch": 8, "size": args.size, "window": args.window,
-                    "frames": warm + max(8, args.steps // 2), "warmup": warm, "threads": args.threads}
-            r = run_child(task)
-            mean_s = statistics.fmean(r["ms"]) / 1e3
-            multi[v] = {"step_ms": mean_s * 1e3, "frames_per_s": 8 / mean_s, "peak_mib": r["peak_mib"]}
-        print("8 streams batched: " + ", ".join(
-            f"{v} {r['frames_per_s']:.1f} frames/s ({r['step_ms']:.1f} ms per batched step)" for v, r in multi.items())
-            + "; 1 stream: " + ", ".join(f"{v} {1e3 / per[v]['mean']:.1f} frames/s" for v in multi))
-        report["models"][name] = {"max_abs_diff": errs, "batch1": per, "batch8": multi}
+        per = _time_variants(name, args, variants)
+        multi = {} if args.no_batch8 else _batched(name, args, variants)
+        results[name] = (errs, per, multi, arithmetic(name, args.size, args.window))
+    peaks.append(_peak(args))  # again at the end: the floor uses the best rate seen in this run
+    gemm, conv = max(p["gemm_gmacs"] for p in peaks), max(p["conv_gmacs"] for p in peaks)
+    # A conv far above the GEMM rate is doing fewer multiplies than it counts (oneDNN's Winograd):
+    # not a multiply-add rate, so the floor keeps the GEMM's then.
+    peak = gemm if conv > 1.5 * gemm else max(gemm, conv)
+    print(f"\npeak fp32 multiply-adds (best of start/end): GEMM 512^3 {gemm:.1f} GMAC/s, conv 64->64 3x3 "
+          f"56x56 {conv:.1f} GMAC/s; the floor uses {peak:.1f}"
+          + (" (conv > 1.5x GEMM: a fast conv algorithm, not a multiply-add rate)" if conv > 1.5 * gemm else ""))
+    for name, (errs, per, multi, arith) in results.items():
+        floor_ms = arith["step_macs"] / (peak * 1e9) * 1e3
+        print(f"\n## {name}")
+        _print_model(name, per, arith, floor_ms, peak)
+        if multi:
+            print("8 streams batched: " + ", ".join(
+                f"{v} {r['frames_per_s']:.1f} frames/s ({r['step_ms']:.1f} ms per batched step)"
+                for v, r in multi.items())
+                + "; 1 stream: " + ", ".join(f"{v} {1e3 / per[v]['mean']:.1f} frames/s" for v in multi))
+        report["models"][name] = {"max_abs_diff": errs, "batch1": per, "batch8": multi, "arithmetic": arith,
+                                  "floor_ms": floor_ms,
+                                  "x_floor": {v: per[v]["mean"] / floor_ms for v in per}}
+    report["peak"] = {"runs": peaks, "floor_gmacs": peak}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -87,13 +87,10 @@ class Player:
     compiled: Any  # CompiledStep | None
     spec: Any  # FrameSpec
     device: torch.device
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names") or [])
+    class_names: list[str]
 
 
-def load_player(model: str, device_name: str, compile: bool) -> Player:
+def load_player(model: str, device_name: str, use_compile: bool) -> Player:
     """Resolve, load (checked: one-line errors for any mismatch), convert, and optionally compile."""
     from clplat.streaming import compile_step, convert
     from clplat.streaming.sources import FrameSpec
@@ -103,9 +100,10 @@ def load_player(model: str, device_name: str, compile: bool) -> Player:
     path = resolve_model(model)
     net, meta = load_trained(path)
     stream = convert(net).eval().to(device)
-    compiled = compile_step(stream) if compile else None
+    compiled = compile_step(stream) if use_compile else None
     step = compiled if compiled is not None else stream.step
-    return Player(path, meta, stream, step, compiled, FrameSpec.from_dict(meta["input"]), device)
+    return Player(path, meta, stream, step, compiled, FrameSpec.from_dict(meta["input"]), device,
+                  list(meta.get("class_names") or []))
 
 
 def open_demo_source(args: argparse.Namespace, player: Player) -> tuple[Any, int | None]:
