@@ -228,3 +228,43 @@ def test_a_crashing_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> N
     assert bad.state == TrialState.FAIL and "no_such_net" in bad.user_attrs["error"]
     assert f"trial {bad.number}: failed (exit 2)" in res.stderr
     assert "best trial" in (sweep_dir / "best.yaml").read_text()
+
+
+class _RecordingWandb:
+    """Stands in for clplat's W&B holder: records the summary a run writes at its end."""
+
+    summaries: list[dict[str, Any]] = []
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], resume_id: str | None = None) -> None:
+        self.run, self.id = None, None
+
+    def log(self, data: dict[str, Any], step: int) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any], images: dict[str, Path]) -> None:
+        type(self).summaries.append(dict(summary))
+
+
+def test_every_sweep_metric_is_logged_by_runs_of_its_regime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An online run and a sessions run (tiny, in process) send their W&B summary through the
+    engine's real call; the metric each sweep names must be among the keys of its regime's run."""
+    import clplat.engine.experiment as experiment
+    import clplat.engine.sessions as sessions
+    from clplat.config import build_config
+
+    monkeypatch.setattr(experiment, "WandbRun", _RecordingWandb)
+    monkeypatch.setattr(sessions, "WandbRun", _RecordingWandb)
+    _RecordingWandb.summaries = []
+    logged = {}
+    experiment.run_experiment(load_config(FIX / "tiny_er.yaml", [f"logging.runs_dir={tmp_path}", "threads=1"]))
+    logged["online"] = set(_RecordingWandb.summaries[-1])
+    experiment.run_experiment(build_config({
+        "name": "tiny_sessions", "data": {"dataset": "digits", "image_size": 8},
+        "scenario": {"kind": "class_incremental", "n_tasks": 2}, "regime": "sessions",
+        "backbone": {"name": "mlp", "kwargs": {"hidden": [16]}}, "threads": 1,
+        "logging": {"wandb": "disabled", "progress": False, "runs_dir": str(tmp_path)}}))
+    logged["sessions"] = set(_RecordingWandb.summaries[-1])
+    for path in SWEEPS:
+        sweep = load_sweep(path)
+        regime = load_config(*sweep.base_run()).regime
+        assert sweep.metric in logged[regime], (path.name, sorted(logged[regime]))

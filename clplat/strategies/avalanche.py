@@ -79,14 +79,18 @@ def avalanche_class(name: str) -> type:
 def _augment_plugin(owner: AvalancheStrategy) -> Any:
     from avalanche.core import SupervisedPlugin
 
-    class ClplatAugment(SupervisedPlugin):
-        """clplat's training augmentation on the samples of the current experience."""
+    class ClplatBridge(SupervisedPlugin):
+        """clplat's training augmentation on the samples of the current experience; the loss of
+        the last update for clplat's progress and logs."""
 
         def before_forward(self, strategy: Any, **kwargs: Any) -> None:
             if strategy.is_training and owner.augment is not None:
                 strategy.mbatch[0] = owner.augment(strategy.mbatch[0])
 
-    return ClplatAugment()
+        def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+            owner.last_loss = float(strategy.loss.detach().sum())
+
+    return ClplatBridge()
 
 
 @STRATEGIES.register("avalanche")
@@ -150,8 +154,6 @@ class AvalancheStrategy(Strategy):
             warnings.simplefilter("ignore")
             av.train(exp, num_workers=0)
         self.experiences += 1
-        loss = getattr(av, "loss", None)
-        self.last_loss = float(loss.detach()) if isinstance(loss, Tensor) else 0.0
         self.net.train()
 
     # --- clplat hooks -----------------------------------------------------------------------------
