@@ -321,3 +321,15 @@ def test_coact_with_a_bad_lora_target_exits_2_with_one_line(tmp_path) -> None:
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "'query' matches no linear layer" in lines[-1]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("results.json"))
+
+
+def test_lora_finetune_trains_only_in_session_zero() -> None:
+    from clplat.strategies.lora_finetune import LoraFinetune, LoraFinetuneConfig
+
+    model = LoraFinetune(LoraFinetuneConfig(lora={"rank": 4}), _vit(), 6, (3, 16, 16))
+    assert model.teacher is None and model.base_backbone is None  # no CoACT machinery
+    x, y = _loader(6)[-1]
+    out = model.training_loss(x, y, _session_ctx(6, 6, 0))
+    assert set(out) == {"loss", "ce"}
+    with pytest.raises(UserError, match="lora_finetune trains only in session 0"):
+        model.training_loss(x, y, _session_ctx(6, 6, 1))

@@ -61,6 +61,7 @@ class CoactConfig(StrategyConfig):
 class Coact(Strategy):
     config_model = CoactConfig
     augments_itself: ClassVar[bool] = True  # two views per sample
+    trains_in: ClassVar[str] = "coact with incremental_tuning: false"  # for the error message
 
     def __init__(self, cfg: CoactConfig, backbone: nn.Module, num_classes: int,
                  input_shape: tuple[int, ...]) -> None:
@@ -180,8 +181,7 @@ class Coact(Strategy):
         if session == 0:
             return self._base_loss(x, y, ctx)
         if not self.cfg.incremental_tuning:
-            raise UserError(f"strategy {type(self).__name__} does not train in incremental sessions "
-                            "(coact.incremental_tuning false): set sessions.incremental.epochs to 0")
+            raise UserError(f"{self.trains_in} trains only in session 0: set sessions.incremental.epochs to 0")
         return self._incremental_loss(x, y, ctx)
 
     def _base_loss(self, x: Tensor, y: Tensor, ctx: StreamContext) -> dict[str, Tensor]:

@@ -30,6 +30,7 @@ class LoraFinetuneConfig(StrategyConfig):
 @STRATEGIES.register("lora_finetune")
 class LoraFinetune(Coact):
     config_model = LoraFinetuneConfig
+    trains_in = "lora_finetune"
 
     def __init__(self, cfg: LoraFinetuneConfig, backbone: nn.Module, num_classes: int,
                  input_shape: tuple[int, ...]) -> None:
