@@ -268,3 +268,26 @@ def test_every_sweep_metric_is_logged_by_runs_of_its_regime(tmp_path: Path, monk
         sweep = load_sweep(path)
         regime = load_config(*sweep.base_run()).regime
         assert sweep.metric in logged[regime], (path.name, sorted(logged[regime]))
+
+
+def test_watcher_reports_each_new_evaluation_once_from_the_checkpoint(tmp_path: Path) -> None:
+    """Pruning input: the running metric from the run's checkpoint, only new steps on each poll."""
+    import torch
+
+    from clplat.sweep_watch import Watcher
+
+    def rec(kind: str, c: int) -> dict[str, Any]:
+        return {"kind": kind, "correct": [c, 0], "total": [4, 0], "samples_seen": 0, "task_id": 0}
+
+    ck = tmp_path / "checkpoints/last.pt"
+    ck.parent.mkdir()
+    w = Watcher(tmp_path, "final/A_auc")
+    assert w.poll() == []  # no checkpoint yet
+    torch.save({"records": [rec("anytime", 2), rec("task_end", 4)]}, ck)
+    assert w.poll() == [(1, 0.5)]
+    assert w.poll() == []  # unchanged file
+    torch.save({"records": [rec("anytime", 2), rec("task_end", 4), rec("anytime", 4), rec("anytime", 3)]}, ck)
+    os.utime(ck, (time.time() + 5, time.time() + 5))
+    assert w.poll() == [(2, pytest.approx(0.75)), (3, pytest.approx(0.75))]
+    (tmp_path / "results.json").write_text('{"metrics": {"A_auc": 0.75}}')
+    assert w.final() == 0.75
