@@ -182,10 +182,11 @@ def test_training_task1_leaves_task0_bit_identical():
 def test_entropy_picks_the_task_whose_16_view_mean_is_most_certain(monkeypatch):
     """Stubbed logits per (task, clean/augmented view): image 0 has a confident clean view in task 0
     but task 1 is confident on the augmented views; the 16-view mean (6 clean + 10 augmented)
-    must pick task 1 for image 0 and task 0 for image 1; clean-only entropy would pick task 0 twice."""
+    must pick task 1 for image 0 and task 0 for image 1; clean-only entropy would pick task 0 twice,
+    an unweighted mean of 1 clean + 10 augmented views task 1 twice."""
     s = _strategy(k=3).eval()
-    clean = {0: torch.tensor([[6.0, 0.0], [5.0, 0.0]]), 1: torch.tensor([[0.0, 1.0], [0.0, 0.5]])}
-    aug = {0: torch.tensor([[0.0, 0.0], [5.0, 0.0]]), 1: torch.tensor([[0.0, 8.0], [0.0, 0.0]])}
+    clean = {0: torch.tensor([[6.0, 0.0], [8.0, 0.0]]), 1: torch.tensor([[0.0, 1.0], [0.0, 0.0]])}
+    aug = {0: torch.tensor([[0.0, 0.0], [0.0, 0.0]]), 1: torch.tensor([[0.0, 8.0], [0.0, 1.5]])}
 
     def fake(x, t):
         b = 2
@@ -282,3 +283,33 @@ def test_task_metrics_by_hand():
     assert m["til_matrix"] == [[85.0], [85.0, 80.0]]
     assert m["cil_matrix"] == [[85.0], [50.0, 30.0]]
     assert m["til_acc"] == 82.5 and m["cil_acc"] == 40.0 and m["task_id_acc"] == 50.0
+
+
+# --- end to end --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_short_digits_run_beats_chance_and_reports_til_cil(tmp_path):
+    """The shipped digits config, shortened: 5 binary tasks, TIL chance is 50 %, CIL chance 10 %."""
+    from clplat.config import load_config
+    from clplat.engine.sessions import run_sessions
+
+    cfg = load_config("experiments/contracon_digits.yaml", [
+        "sessions.base.epochs=6", "sessions.incremental.epochs=3", "logging.progress=false"])
+    r = run_sessions(cfg, tmp_path / "run", resume=False)
+    assert r["til_matrix"][0] == [r["session_acc"][0]]  # one task: TIL == CIL
+    assert r["til_matrix"][-1][0] == r["til_matrix"][0][0]  # task 0 never changes
+    assert r["til_acc"] > 65 and r["cil_acc"] > 15
+    assert r["params_per_task"][1:] == [r["params_per_task"][1]] * 4
+    assert r["params_total"] == sum(r["params_per_task"])
+    assert len(r["cil_matrix"]) == 5 and len(r["cil_matrix"][-1]) == 5
+
+
+def test_probe_baseline_trains_only_a_head_on_the_frozen_task0_network():
+    torch.manual_seed(0)
+    s = _strategy(adapt="probe").eval()
+    assert s.adapters[1].reweight is None
+    assert [n for n, p in s.named_parameters() if p.requires_grad] == ["adapters.1.head.weight", "adapters.1.head.bias"]
+    s.adapters[1].head.load_state_dict(s.adapters[0].head.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(s.task_logits(x, 1), s.task_logits(x, 0))
+    assert s.task_parameter_counts()[1] == 33 * 2

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,8 @@ class ContraconConfig(StrategyConfig):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     head_lr: float | None = Field(None, gt=0, description="lr of the task head (None: the session's lr)")
     entropy_eps: float = Field(1e-4, gt=0, description="H = -sum p log(p + eps)")
+    adapt: Literal["contracon", "probe"] = Field(
+        "contracon", description="probe: the baseline of a frozen task-0 network with a new head per task")
 
     @field_validator("kernel_size")
     @classmethod
@@ -80,7 +82,8 @@ class TaskAdapter(nn.Module):
                  num_features: int, n_classes: int, cfg: ContraconConfig) -> None:
         super().__init__()
         self.reweight = nn.ModuleList(
-            ConvReweight(p.mats * p.heads, cfg.kernel_size, cfg.gate_init) for p in projections) if task else None
+            ConvReweight(p.mats * p.heads, cfg.kernel_size, cfg.gate_init) for p in projections
+        ) if task and cfg.adapt == "contracon" else None
         self.norms = nn.ModuleList(nn.LayerNorm(n.normalized_shape, eps=n.eps) for n in norms)
         self.pool = None
         if pool_dim is not None:
@@ -151,7 +154,13 @@ class ConTraCon(Strategy):
             self._add_adapter(ctx.n_exposed - self.offset(session))
         for p in self.parameters():
             p.requires_grad_(False)
-        for p in self.adapters[session].parameters():
+        trained = self.adapters[session]
+        if session and self.cfg.adapt == "probe":  # task 0's LayerNorms and pool, frozen; a new head
+            trained.norms.load_state_dict(self.adapters[0].norms.state_dict())
+            if trained.pool is not None:
+                trained.pool.load_state_dict(self.adapters[0].pool.state_dict())
+            trained = trained.head
+        for p in trained.parameters():
             p.requires_grad_(True)
         if session == 0:  # task 0 trains the whole network from scratch
             for name, p in self.backbone.named_parameters():
@@ -246,7 +255,8 @@ class ConTraCon(Strategy):
         """Parameters each task adds: task 0 the shared network plus its own parts, later tasks
         only their adapter (spec B.2.1). The backbone's unused LayerNorms/pool are not counted."""
         shared = sum(p.numel() for n, p in self.backbone.named_parameters() if n not in self.replaced)
-        per = [sum(p.numel() for p in a.parameters()) for a in self.adapters]
+        own = [a.head if t and self.cfg.adapt == "probe" else a for t, a in enumerate(self.adapters)]
+        per = [sum(p.numel() for p in m.parameters()) for m in own]  # probe: LN/pool are task 0's copies
         return [shared + per[0], *per[1:]] if per else []
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
