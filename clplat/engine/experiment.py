@@ -70,14 +70,14 @@ class Experiment:
         strategy_cls = STRATEGIES.get(cfg.strategy)
         self.strategy = strategy_cls(cfg.strategy_config, backbone, self.data.num_classes, self.data.input_shape)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.cursor = StreamCursor()  # the one owner of samples_seen
         self.module = ContinualModule(
             self.strategy, cfg.optim, num_classes=self.data.num_classes, online_iter=cfg.online.online_iter,
             augment=build_augment(cfg.augment, self.generator, getattr(self.data.train, "mean", None),
                                   getattr(self.data.train, "std", None)),
-            generator=self.generator,
+            generator=self.generator, cursor=self.cursor,
             gradient_clip_val=cfg.trainer.gradient_clip_val)
         self.module.make_optimizer()
-        self.cursor = StreamCursor()
         self._pending_rng: dict[str, Any] | None = rng_state(self.generator)
         self.wandb: WandbRun | None = None
         self.wandb_id: str | None = None
@@ -94,7 +94,6 @@ class Experiment:
             "cursor": self.cursor.state_dict(),
             "exposure": self.module.tracker.state_dict(),
             "task_id": self.module.task_id,
-            "samples_seen": self.module.samples_seen,
             "records": [r.to_dict() for r in self.records],
             "wandb_id": self.wandb.id if self.wandb else self.wandb_id,
         }
@@ -107,7 +106,6 @@ class Experiment:
         self.cursor.load_state_dict(state["cursor"])
         self.module.tracker.load_state_dict(state["exposure"])
         self.module.task_id = int(state["task_id"])
-        self.module.samples_seen = int(state["samples_seen"])
         self.records = [EvalRecord.from_dict(r) for r in state["records"]]
         self.wandb_id = state.get("wandb_id")
         self._pending_rng = state["rng"]
@@ -138,10 +136,14 @@ class Experiment:
     def fit(self) -> None:
         cfg = self.cfg
         quiet_lightning()
-        self.driver = StreamDriver(self)
+        self.driver = StreamDriver(
+            self.batches, self.cursor, eval_points=self.plan.eval_points, evaluate=self.evaluate,
+            checkpoint=self.save_checkpoint, restore_rng=self.restore_rng, online_iter=cfg.online.online_iter,
+            checkpoint_every=cfg.checkpoint_every, eval_at_end=cfg.online.eval_at_end)
         callbacks: list[L.Callback] = [self.driver]
         if cfg.logging.progress:
-            callbacks.append(StreamProgress(self))
+            callbacks.append(StreamProgress(cfg.name, self.plan.total, self.cursor,
+                                            lambda: self.records[-1].accuracy if self.records else None))
         trainer = L.Trainer(
             accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=cfg.trainer.precision,
             max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -152,6 +154,7 @@ class Experiment:
                             collate_fn=collate_batch, num_workers=0, generator=torch.Generator())
         if len(loader) > 0:
             trainer.fit(self.module, loader)
+        self.interrupted = self.driver.interrupted
 
     def summary(self) -> dict[str, Any]:
         return summarize(self.records, self.task_classes)

@@ -30,7 +30,7 @@ def build_optimizer(strategy: Strategy, cfg) -> torch.optim.Optimizer:  # cfg: O
 
 class ContinualModule(L.LightningModule):
     def __init__(self, strategy: Strategy, optim_cfg, *, num_classes: int, online_iter: int,
-                 augment, generator: torch.Generator, gradient_clip_val: float | None = None) -> None:
+                 augment, generator: torch.Generator, cursor, gradient_clip_val: float | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.strategy = strategy
@@ -40,8 +40,8 @@ class ContinualModule(L.LightningModule):
         self.generator = generator
         self.gradient_clip_val = gradient_clip_val
         self.tracker = ExposureTracker(num_classes)
+        self.cursor = cursor  # its ``samples_seen`` (samples trained on before this batch) is the only count
         self.task_id = 0
-        self.samples_seen = 0
         self.session = 0  # sessions regime: session and epoch in progress
         self.epoch = 0
         self.last_loss = float("nan")
@@ -76,7 +76,7 @@ class ContinualModule(L.LightningModule):
     def context(self) -> StreamContext:
         return StreamContext(
             n_exposed=self.tracker.n_exposed, exposed_classes=self.tracker.exposed,
-            label_index=self.tracker.label_index, task_id=self.task_id, samples_seen=self.samples_seen,
+            label_index=self.tracker.label_index, task_id=self.task_id, samples_seen=self.cursor.samples_seen,
             generator=self.generator, augment=self.augment, training=self.training,
             session=self.session, epoch=self.epoch,
         )
@@ -94,7 +94,7 @@ class ContinualModule(L.LightningModule):
             loss = out["loss"] if isinstance(out, dict) else out
             value = float(loss.detach())  # the one host sync of an update
             if not math.isfinite(value):
-                raise UserError(f"loss became {value} at stream sample {self.samples_seen} "
+                raise UserError(f"loss became {value} at stream sample {self.cursor.samples_seen} "
                                 f"(strategy '{type(self.strategy).__name__}', lr {self.optim_cfg.lr}); "
                                 "lower optim.lr or check the data")
             opt.zero_grad(set_to_none=True)
@@ -105,5 +105,4 @@ class ContinualModule(L.LightningModule):
             opt.step()
         self.last_loss = value  # finite: checked above
         self.strategy.on_stream_batch(x, y_orig, ctx)
-        self.samples_seen += int(x.shape[0])
         return None

@@ -198,12 +198,12 @@ class SessionExperiment:
         self.strategy = STRATEGIES.get(cfg.strategy)(cfg.strategy_config, backbone, self.data.num_classes,
                                                      self.data.input_shape)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.cursor = SessionCursor()  # the one owner of samples_seen
         self.module = SessionModule(
             self.strategy, cfg.sessions.base.optim, num_classes=self.data.num_classes, online_iter=1,
             augment=build_augment(cfg.augment, self.generator, getattr(self.data.train, "mean", None),
                                   getattr(self.data.train, "std", None)),
-            generator=self.generator, gradient_clip_val=cfg.trainer.gradient_clip_val)
-        self.cursor = SessionCursor()
+            generator=self.generator, cursor=self.cursor, gradient_clip_val=cfg.trainer.gradient_clip_val)
         self.records: list[EvalRecord] = []
         self.task_extra: list[dict[str, list[int]]] = []  # task_incremental: TIL/task-id counts per session
         self._pending_rng: dict[str, Any] | None = None
