@@ -80,3 +80,27 @@ def test_cli_missing_file_and_unknown_override(tmp_path: Path) -> None:
                    f"logging.runs_dir={tmp_path / 'runs'}"])
     assert res.returncode == 2 and "online.nope: unknown key" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_sections_of_other_strategies_are_validated_and_ignored(tmp_path: Path) -> None:
+    """A sweep over strategies passes strategy=finetune to a YAML holding an er: section."""
+    p = _write(tmp_path, "strategy: er\ner: {memory_size: 7}\nfinetune: {}\n")
+    cfg = load_config(p, ["strategy=finetune"])
+    assert cfg.strategy == "finetune" and type(cfg.strategy_config).__name__ == "FinetuneConfig"
+    assert cfg.to_dict()["er"] == {"memory_size": 7, "memory_batch": 16}  # kept, with its defaults
+    with pytest.raises(UserError, match=r"er\.memory_size: Input should be greater than or equal to 0"):
+        load_config(p, ["strategy=finetune", "er.memory_size=-1"])  # still checked against its schema
+
+
+def test_typed_sections_pick_the_model_of_the_chosen_kind(tmp_path: Path) -> None:
+    p = _write(tmp_path, "data: {dataset: glyphs, num_classes: 5, first_class: 100}\n"
+                         "scenario: {kind: class_incremental, n_tasks: 5}\n")
+    cfg = load_config(p)
+    assert type(cfg.data).__name__ == "GlyphsConfig" and cfg.data.first_class == 100
+    assert type(cfg.scenario).__name__ == "ClassIncrementalConfig" and not hasattr(cfg.scenario, "blurry_pct")
+    d = cfg.to_dict()
+    assert d["data"]["first_class"] == 100 and "test_fraction" not in d["data"]
+    with pytest.raises(UserError, match="data.test_fraction: unknown key"):
+        load_config(p, ["data.test_fraction=0.5"])  # a digits key on glyphs
+    with pytest.raises(UserError, match="data.first_class: unknown key"):
+        load_config(p, ["data.dataset=digits"])  # switching the dataset leaves glyphs' keys behind
