@@ -9,8 +9,10 @@ the final norm) train too, at ``lr * encoder_lr_factor`` (their optimizer group 
 start, frozen until then). Sessions >= 1: the new classes' head rows are written as class means of
 the current model's features; with ``incremental_tuning`` (and epochs > 0) the head and/or LoRA
 train with CE + SupCon([student, frozen session-0 teacher, pretrained model]) + MSE to the
-session-0 model's logits on the base classes (detached). Spec: shared/specs/coact_contracon.md
-part A; deviations from the release: docs/coact.md.
+session-0 model's logits on the base classes (detached). The head is the release's dot product
+or (``classifier: cosine``) a scaled cosine; ``prototype_refresh`` rewrites the base rows as class
+means after session 0. Spec: shared/specs/coact_contracon.md part A; deviations from the release
+and why the CPU configs use the cosine head: docs/coact.md.
 """
 
 from __future__ import annotations
