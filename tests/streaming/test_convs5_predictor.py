@@ -186,3 +186,19 @@ def test_train_command_end_to_end(tmp_path):
         load_predictor(broken)
     with pytest.raises(UserError, match="not found"):
         load_predictor(tmp_path / "missing.safetensors")
+
+
+def test_shipped_model_runs_the_demo_headless(tmp_path):
+    from clplat.streaming.prediction.demo import main as demo_main
+    from clplat.streaming.prediction.demo import resolve_predictor
+
+    model, meta = load_predictor(resolve_predictor("convs5_moving_digits"))
+    assert meta["model"]["core"] == "convs5" and count_parameters(model) == meta["parameters"]
+    out = tmp_path / "predict.mp4"
+    assert demo_main(["--out", str(out), "--context", "4", "--horizon", "3"]) == 0  # the default model
+    stats = json.loads(out.with_suffix(".json").read_text())
+    assert stats["core"] == "convs5" and stats["latency"]["frames"] == 7
+    # the first imagined frame of a held-out video is close (random weights score ~0.14)
+    assert stats["mse_per_frame"][3] < 0.05
+    with pytest.raises(UserError, match="not found"):
+        demo_main(["--model", str(tmp_path / "nope.safetensors"), "--out", str(out)])

@@ -84,7 +84,7 @@ def play_prediction(model_path: str, out: str, context: int, horizon: int, seed:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m clplat.streaming.prediction demo", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default="convs5_moving_digits",
                    help=f"shipped ({', '.join(SHIPPED)}) or a .safetensors written by the train command")
     p.add_argument("--out", default="predict.mp4")
     p.add_argument("--context", type=int, default=8)
