@@ -293,7 +293,7 @@ def test_short_digits_run_beats_chance_and_reports_til_cil(tmp_path):
     from clplat.engine.sessions import run_sessions
 
     cfg = load_config("experiments/contracon_digits.yaml", [
-        "sessions.base.epochs=6", "sessions.incremental.epochs=3", "logging.progress=false"])
+        "sessions.base.epochs=6", "sessions.incremental.epochs=5", "logging.progress=false"])
     r = run_sessions(cfg, tmp_path / "run", resume=False)
     assert r["til_matrix"][0] == [r["session_acc"][0]]  # one task: TIL == CIL
     assert r["til_matrix"][-1][0] == r["til_matrix"][0][0]  # task 0 never changes
@@ -313,3 +313,39 @@ def test_probe_baseline_trains_only_a_head_on_the_frozen_task0_network():
     with torch.no_grad():
         assert torch.equal(s.task_logits(x, 1), s.task_logits(x, 0))
     assert s.task_parameter_counts()[1] == 33 * 2
+
+
+@pytest.mark.slow
+def test_stop_mid_task_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """A run stopped inside task 2 (adapters 0-2 exist, task 2's optimizer is mid-way) and resumed
+    gives the uninterrupted run's TIL/CIL matrices and bit-identical parameters of every task."""
+    from clplat.config import build_config
+    from clplat.engine.sessions import SessionExperiment, run_sessions
+
+    phase = {"epochs": 2, "batch_size": 64, "optim": {"name": "adamw", "lr": 0.005}, "eval_batch": 400}
+    cfg = build_config({
+        "name": "cc", "seed": 3, "threads": 1, "strategy": "contracon", "regime": "sessions",
+        "data": {"dataset": "digits", "image_size": 16},
+        "scenario": {"kind": "task_incremental", "n_tasks": 5, "class_order": "contiguous"},
+        "backbone": {"name": "cct", "kwargs": {"num_layers": 1, "num_heads": 2, "embedding_dim": 16}},
+        "sessions": {"base": phase, "incremental": phase}, "contracon": {"kernel_size": 3},
+        "logging": {"wandb": "disabled", "progress": False}})
+    ref = run_sessions(cfg, tmp_path / "ref", resume=False)
+    progress = SessionExperiment.progress
+
+    def stop_in_task2(self, n=0):
+        progress(self, n)
+        if self.cursor.session == 2 and self.cursor.epoch == 1:
+            self.stop_signal = 15
+
+    monkeypatch.setattr(SessionExperiment, "progress", stop_in_task2)
+    assert run_sessions(cfg, tmp_path / "cut", resume=False)["interrupted"]
+    monkeypatch.setattr(SessionExperiment, "progress", progress)
+    res = run_sessions(cfg, tmp_path / "cut", resume=True)
+    assert res["process"]["start_session"] == 2 and res["process"]["start_epoch"] == 1
+    for key in ("til_matrix", "cil_matrix", "task_id_matrix", "params_per_task"):
+        assert res[key] == ref[key], key
+    a = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["strategy"]
+    b = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)["strategy"]
+    assert a.keys() == b.keys() and any(k.startswith("adapters.4.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
