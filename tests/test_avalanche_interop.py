@@ -119,3 +119,28 @@ def test_bad_avalanche_section_is_one_line(tmp_path: Path, section: dict[str, An
     raw["avalanche"] = section
     with pytest.raises(UserError, match=needle):
         Experiment(build_config(raw))
+
+
+def test_experiences_are_numbered_so_replay_strategies_replay(tmp_path: Path) -> None:
+    """ER-ACE starts replaying only from experience 1 on: each stream batch must be a new
+    experience id (a constant 0 silently turned ER-ACE into plain fine-tuning)."""
+    from clplat.engine.experiment import Experiment
+
+    exp = Experiment(load_config(TINY, ["strategy=avalanche", "avalanche.name=ER_ACE",
+                                        "avalanche.kwargs={mem_size: 50, batch_size_mem: 8}"]))
+    from avalanche.core import SupervisedPlugin
+
+    seen: list[tuple[int, bool]] = []
+
+    class Spy(SupervisedPlugin):
+        def after_forward(self, strategy: Any, **kwargs: Any) -> None:
+            seen.append((strategy.experience.current_experience, strategy.replay_loader is not None))
+
+    s = exp.strategy
+    s._template(1, 32).plugins.append(Spy())
+    for b in exp.batches[:3]:
+        x, y = exp.data.train.__getitems__(b.indices)
+        exp.module.tracker.expose(y)
+        s.calls = 1
+        s.on_stream_batch(x, y, exp.module.context())
+    assert seen == [(0, False), (1, True), (2, True)]

@@ -149,6 +149,7 @@ class AvalancheStrategy(Strategy):
         ds = av_dataset(TensorDataset(x.detach().cpu(), y.detach().cpu()), list(range(len(y))),
                         [int(v) for v in y])
         exp = benchmark_from_datasets(train=[ds]).train_stream[0]  # sets origin_stream, as plugins expect
+        exp.current_experience = self.experiences  # ER-ACE / ER-AML replay only from experience 1 on
         av = self._template(epochs, mb_size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
