@@ -349,3 +349,13 @@ def test_stop_mid_task_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     b = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)["strategy"]
     assert a.keys() == b.keys() and any(k.startswith("adapters.4.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero_kernel_init_starts_every_task_at_gated_task0_weights():
+    torch.manual_seed(0)
+    s = _strategy(kernel_init="zero")
+    gate = torch.sigmoid(torch.tensor(1.0))
+    for proj in s.projections:
+        w0 = s.backbone.get_parameter(proj.name)
+        assert torch.equal(s.overrides(1)[proj.name], gate * w0)
+    assert s.task_parameter_counts()[1] == _strategy().task_parameter_counts()[1]

@@ -33,6 +33,9 @@ from clplat.strategies.heads import linear_head
 class ContraconConfig(StrategyConfig):
     kernel_size: int = Field(15, ge=1, description="odd k of the k x k kernels over each head's weight slice")
     gate_init: float = Field(1.0, description="initial skip-gate logit s (sigma(1) = 0.73, as the release)")
+    kernel_init: Literal["conv_default", "zero"] = Field(
+        "conv_default", description="conv_default: nn.Conv2d's init (the release); zero: kernels and "
+        "biases 0, so a new task starts from sigma(s) W0 instead of a randomly perturbed W0")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     head_lr: float | None = Field(None, gt=0, description="lr of the task head (None: the session's lr)")
     entropy_eps: float = Field(1e-4, gt=0, description="H = -sum p log(p + eps)")
@@ -60,13 +63,14 @@ class ConvReweight(nn.Module):
     """``W = conv_g(W0_g) + sigmoid(s_g) W0_g`` for every group g (= one head of one of q/k/v): one
     grouped ``conv2d`` over the weight viewed as ``(1, G, d_h, D)`` with G single-channel kernels."""
 
-    def __init__(self, groups: int, kernel_size: int, gate_init: float) -> None:
+    def __init__(self, groups: int, kernel_size: int, gate_init: float, init: str = "conv_default") -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(groups, 1, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(groups))
+        self.weight = nn.Parameter(torch.zeros(groups, 1, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(groups))
         self.gate = nn.Parameter(torch.full((groups,), float(gate_init)))
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d(1, 1, k)'s default init, per group
-        nn.init.uniform_(self.bias, -1.0 / kernel_size, 1.0 / kernel_size)
+        if init == "conv_default":
+            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d(1, 1, k)'s default init, per group
+            nn.init.uniform_(self.bias, -1.0 / kernel_size, 1.0 / kernel_size)
 
     def forward(self, w0: Tensor) -> Tensor:
         g = self.weight.shape[0]
@@ -82,7 +86,7 @@ class TaskAdapter(nn.Module):
                  num_features: int, n_classes: int, cfg: ContraconConfig) -> None:
         super().__init__()
         self.reweight = nn.ModuleList(
-            ConvReweight(p.mats * p.heads, cfg.kernel_size, cfg.gate_init) for p in projections
+            ConvReweight(p.mats * p.heads, cfg.kernel_size, cfg.gate_init, cfg.kernel_init) for p in projections
         ) if task and cfg.adapt == "contracon" else None
         self.norms = nn.ModuleList(nn.LayerNorm(n.normalized_shape, eps=n.eps) for n in norms)
         self.pool = None
