@@ -333,3 +333,27 @@ def test_lora_finetune_trains_only_in_session_zero() -> None:
     assert set(out) == {"loss", "ce"}
     with pytest.raises(UserError, match="lora_finetune trains only in session 0"):
         model.training_loss(x, y, _session_ctx(6, 6, 1))
+
+
+def test_pooler_file_gives_hf_tanh_pooler_on_the_final_cls(tmp_path) -> None:
+    """HF's pooler_output = tanh(W cls + b) on the CLS after the final LayerNorm (spec A.2)."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    kernel, bias = g.normal(size=(32, 32)).astype(np.float32), g.normal(size=32).astype(np.float32)
+    path = tmp_path / "vit.npz"
+    np.savez(path, **{"pre_logits/kernel": kernel, "pre_logits/bias": bias})
+    model = _coact(pooler_file=str(path)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        cls = _vit()(x)  # the plain ViT's feature: CLS after the final norm
+        want = torch.tanh(cls @ torch.from_numpy(kernel) + torch.from_numpy(bias))
+        assert torch.allclose(model.backbone(x), want, atol=1e-5)
+        assert torch.allclose(model.teacher(x), want, atol=1e-5)
+    model.on_epoch_start(0, 0, _session_ctx(4, 6, 0))  # ft_start_layer -1: everything trains
+    assert model.backbone.head[0].weight.requires_grad
+    np.savez(tmp_path / "bad.npz", other=bias)
+    with pytest.raises(UserError, match="no pre_logits"):
+        _coact(pooler_file=str(tmp_path / "bad.npz"))
+    with pytest.raises(UserError, match="pooler_file not found"):
+        _coact(pooler_file=str(tmp_path / "missing.npz"))

@@ -36,6 +36,8 @@ _AFTER_BLOCKS = ("norm.", "fc_norm.", "attn_pool.", "head")  # parameters behind
 
 class CoactConfig(StrategyConfig):
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    pooler_file: str | None = Field(None, description="local .npz with the in21k checkpoint's pre_logits "
+                                    "(HF's pooler): feature = tanh(Linear(CLS)) as CoACT's pooler_output")
     use_contrastive: bool = Field(True, description="SupCon between student and teacher views")
     use_ema_teacher: bool = Field(True, description="teacher follows the student's non-LoRA weights")
     momentum: float = Field(0.999, ge=0, le=1)
@@ -59,6 +61,36 @@ class CoactConfig(StrategyConfig):
     consistency_weight: float = Field(1.0, ge=0)
 
 
+def load_pooler(path: str, dim: int) -> nn.Sequential:
+    """HF ``ViTModel``'s pooler, ``tanh(Linear(dim, dim))``, from the ``pre_logits`` weights of an
+    original Google ViT ``.npz`` (timm's loader skips them). Set as the timm ViT's ``head``, it acts
+    on the CLS token after the final LayerNorm, exactly where HF applies it."""
+    import numpy as np
+
+    from clplat.backbones.build import resolve_weights_path
+
+    try:
+        p = resolve_weights_path(path)
+    except UserError:
+        raise UserError(f"coact.pooler_file not found: {path}") from None
+    try:
+        with np.load(p) as w:
+            kernel, bias = w["pre_logits/kernel"], w["pre_logits/bias"]
+    except KeyError:
+        raise UserError(f"coact.pooler_file {p}: no pre_logits/kernel and pre_logits/bias "
+                        "(only the original in21k checkpoints have the pooler)") from None
+    except Exception as err:  # not an npz, truncated
+        raise UserError(f"coact.pooler_file {p}: cannot read ({type(err).__name__}: {err})") from None
+    if kernel.shape != (dim, dim) or bias.shape != (dim,):
+        raise UserError(f"coact.pooler_file {p}: pre_logits has shape {kernel.shape}, the backbone "
+                        f"has width {dim}")
+    dense = nn.Linear(dim, dim)
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
+        dense.bias.copy_(torch.from_numpy(bias))
+    return nn.Sequential(dense, nn.Tanh())
+
+
 @STRATEGIES.register("coact")
 class Coact(Strategy):
     config_model = CoactConfig
@@ -68,6 +100,8 @@ class Coact(Strategy):
     def __init__(self, cfg: CoactConfig, backbone: nn.Module, num_classes: int,
                  input_shape: tuple[int, ...]) -> None:
         super().__init__(cfg, backbone, num_classes, input_shape)
+        if cfg.pooler_file:
+            backbone.head = load_pooler(cfg.pooler_file, int(backbone.num_features))
         pretrained = split_qkv(backbone)
         depth = len(pretrained.blocks)
         if cfg.controlled_ft and cfg.ft_start_layer >= depth:

@@ -21,6 +21,7 @@ from clplat.strategies.coact import Coact, CoactConfig
 
 class LoraFinetuneConfig(StrategyConfig):
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    pooler_file: str | None = Field(None, description="as coact.pooler_file (HF's tanh pooler)")
     prototype_init: bool = Field(True, description="session-0 head rows start as class means")
     prototype_refresh: bool = Field(False, description="after session 0, base rows := class means")
     classifier: Literal["dot", "cosine"] = "dot"
@@ -34,7 +35,7 @@ class LoraFinetune(Coact):
 
     def __init__(self, cfg: LoraFinetuneConfig, backbone: nn.Module, num_classes: int,
                  input_shape: tuple[int, ...]) -> None:
-        coact = CoactConfig(lora=cfg.lora, prototype_init=cfg.prototype_init,
+        coact = CoactConfig(lora=cfg.lora, pooler_file=cfg.pooler_file, prototype_init=cfg.prototype_init,
                             prototype_refresh=cfg.prototype_refresh, classifier=cfg.classifier,
                             cosine_scale=cfg.cosine_scale, use_contrastive=False,
                             use_ema_teacher=False, controlled_ft=False, incremental_tuning=False,
