@@ -215,23 +215,24 @@ class Runner:
         return bool(new) and trial.should_prune()
 
     def finish(self, trial: Any, rc: int, pruned: bool, watcher: Any, log: Path, TrialState: Any) -> None:
-        if self.stop.is_set() and not pruned:
-            trial.set_user_attr("interrupted", True)
-            self.study.tell(trial, state=TrialState.FAIL)
-            return
         if pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
             print(f"trial {trial.number}: pruned", flush=True)
             return
         value = watcher.final() if rc == 0 else None
-        if value is None:
-            why = _last_line(log) if rc != 0 else f"no {self.sweep.metric} in results.json"
-            trial.set_user_attr("error", f"exit {rc}: {why}")
-            self.study.tell(trial, state=TrialState.FAIL)
-            print(f"trial {trial.number}: failed (exit {rc}): {why} — log {log}", file=sys.stderr, flush=True)
+        if value is not None:
+            self.study.tell(trial, value)
+            print(f"trial {trial.number}: {self.sweep.metric} = {value:.4f}", flush=True)
             return
-        self.study.tell(trial, value)
-        print(f"trial {trial.number}: {self.sweep.metric} = {value:.4f}", flush=True)
+        if self.stop.is_set():  # stopped by the user: not counted, its values queued again
+            trial.set_user_attr("interrupted", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params)
+            return
+        why = _last_line(log) if rc != 0 else f"no {self.sweep.metric} in results.json"
+        trial.set_user_attr("error", f"exit {rc}: {why}")
+        self.study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number}: failed (exit {rc}): {why} — log {log}", file=sys.stderr, flush=True)
 
     def interrupt(self) -> None:
         self.stop.set()
@@ -261,7 +262,7 @@ def requeue_stale(study: Any) -> int:
             continue
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=True)
+        study.enqueue_trial(t.params)
         n += 1
     return n
 

@@ -85,7 +85,7 @@ def write_plots(study: Any, sweep_dir: Path) -> list[Path]:
 def report(sweep: Sweep, study: Any, sweep_dir: Path) -> None:
     trial_table(sweep, study)
     best = write_best(sweep, study, sweep_dir)
-    plots = write_plots(study, sweep_dir)
+    plots = write_plots(study, sweep_dir) if best is not None else []
     if best is not None:
         print(f"best config: {best}   (python -m clplat.run {best})")
     else:

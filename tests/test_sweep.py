@@ -200,7 +200,9 @@ def test_four_trials_two_jobs_resume_after_kill_and_best_config(tmp_path: Path) 
         if t.number in before:
             assert (t.value, (Path(t.user_attrs["run_dir"]) / "results.json").stat().st_mtime_ns) == before[t.number]
     killed = [t for t in trials if t.state == TrialState.FAIL]
-    assert all(t.user_attrs.get("interrupted") for t in killed)  # requeued, not counted
+    assert all(t.user_attrs.get("interrupted") for t in killed)  # not counted ...
+    for t in killed:  # ... and their values were run again
+        assert any(c.params == t.params for c in complete), t.params
     dirs = {t.user_attrs["run_dir"] for t in complete}  # one run directory per trial, never shared
     assert len(dirs) == 4 and len(list((sweep_dir / "trials").iterdir())) <= len(trials)
     best = max(complete, key=lambda t: t.value)
