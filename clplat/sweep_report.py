@@ -31,7 +31,10 @@ def trial_table(sweep: Sweep, study: Any) -> None:
         state = "interrupted" if t.user_attrs.get("interrupted") else t.state.name.lower()
         table.add_row(str(t.number), state, *[_cell(args.get(n)) for n in names], _cell(t.value),
                       _cell(t.user_attrs.get("seconds")))
-    Console().print(table)
+    import sys
+
+    # a log file or pipe gets the full width (rich would fold the parameter names at 80 columns)
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
 
 
 def write_best(sweep: Sweep, study: Any, sweep_dir: Path) -> Path | None:
