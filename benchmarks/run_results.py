@@ -2,6 +2,15 @@
 
     python benchmarks/run_results.py --table headline [--seeds 1 2 3 4 5] [--only mvp er ...] [--jobs 2]
     python benchmarks/run_results.py --table digits ...
+    python benchmarks/run_results.py --table fscil ...
+
+``fscil``: few-shot class-incremental learning in the sessions regime on glyph classes 100-199
+(60 base classes + 8 sessions of 5-way 5-shot, ``experiments/fscil_coact.yaml`` /
+``fscil_simplecil.yaml``): CoACT, its ablations, LoRA-finetune, finetune and SimpleCIL, with
+per-session accuracy, base / novel accuracy and their harmonic mean; no probe.
+
+A run that fails is reported and leaves its cell short (the table says which cells have fewer seeds
+than asked). ``--no-run`` tabulates only the finished runs; ``--seed-major`` orders the jobs seed by seed.
 
 ``headline``: glyph classes 100-199 (``experiments/si_blurry_mvp.yaml`` and its siblings, one YAML
 per method). ``digits``: the same method configs with the data, scenario and online sections of
@@ -50,6 +59,39 @@ METHODS: dict[str, tuple[str, list[str], str]] = {
     "mvp_no_afs": ("si_blurry_mvp.yaml", ["mvp.use_afs=false"], "MVP − AFS"),
     "mvp_no_gsf": ("si_blurry_mvp.yaml", ["mvp.use_gsf=false"], "MVP − GSF"),
 }
+# FSCIL (``--table fscil``): every method on the same glyph FSCIL sessions (same seed = same sessions)
+FSCIL_COACT = "fscil_coact.yaml"
+FSCIL_METHODS: dict[str, tuple[str, list[str], str]] = {
+    "simplecil": ("fscil_simplecil.yaml", [], "SimpleCIL (frozen, cosine prototypes)"),
+    "coact": (FSCIL_COACT, [], "**CoACT** (cosine head, prototype refresh)"),
+    "lora_finetune": (FSCIL_COACT, ["strategy=lora_finetune", "sessions.incremental.epochs=0"],
+                      "LoRA-finetune (CE in session 0, prototypes after)"),
+    "finetune": (FSCIL_COACT, ["strategy=finetune"], "Finetune (whole ViT + linear head, CE every session)"),
+    "coact_no_contrastive": (FSCIL_COACT, ["coact.use_contrastive=false"], "CoACT − contrastive loss"),
+    "coact_no_controlled_ft": (FSCIL_COACT, ["coact.controlled_ft=false"], "CoACT − controlled fine-tuning"),
+    "coact_no_inc_tuning": (FSCIL_COACT, ["coact.incremental_tuning=false", "sessions.incremental.epochs=0"],
+                            "CoACT − incremental tuning"),
+    "coact_release_head": (FSCIL_COACT, ["coact.classifier=dot", "coact.prototype_refresh=false"],
+                           "CoACT, release head (dot product, no refresh)"),
+}
+FSCIL_METRICS = ("a_avg", "a_last", "pd", "base", "novel", "hm")
+FSCIL_NAMES = {"a_avg": "A_avg", "a_last": "A_last", "pd": "PD", "base": "base (last)",
+               "novel": "novel (last)", "hm": "HM (last)"}
+FSCIL_PAIRS = [(m, "simplecil") for m in FSCIL_METHODS if m != "simplecil"] + [
+    (m, "coact") for m in FSCIL_METHODS if m.startswith("coact_")]
+
+
+def fscil_value(run: dict, metric: str) -> float:
+    """One FSCIL metric of a results.json, in % (base / novel / hm: the last session's)."""
+    if metric in ("base", "novel", "hm"):
+        return float(run[f"{metric}_acc" if metric != "hm" else "hm"][-1])
+    return float(run[metric])
+
+
+def _methods(table: str) -> dict[str, tuple[str, list[str], str]]:
+    return FSCIL_METHODS if table == "fscil" else METHODS
+
+
 # (method, reference): the difference method − reference is taken seed by seed
 PAIRS = [("mvp", "finetune"), ("mvp", "l2p"), ("mvp", "dualprompt"), ("mvp_r", "er"),
          ("mvp_no_mask", "mvp"), ("mvp_no_cvpt", "mvp"), ("mvp_no_afs", "mvp"), ("mvp_no_gsf", "mvp")]
@@ -64,7 +106,7 @@ def method_config(table: str, method: str, seed: int) -> dict:
     """The method's experiment YAML (plus overrides); for ``digits`` on the digits stream."""
     from clplat.config import apply_overrides
 
-    file, overrides, _ = METHODS[method]
+    file, overrides, _ = _methods(table)[method]
     raw = apply_overrides(yaml.safe_load((EXP / file).read_text()), list(overrides))
     if table == "digits":
         digits = yaml.safe_load(DIGITS_BASE.read_text())
@@ -93,6 +135,8 @@ def run_one(table: str, method: str, seed: int) -> dict:
         if proc.returncode != 0 or not done.is_file():
             raise RuntimeError(f"{table} {method} seed {seed} failed:\n{proc.stderr[-2000:]}")
         print(f"{table} {method:>12} seed {seed}: {time.time() - t:.0f}s", flush=True)
+    if table == "fscil":  # sessions regime: no head-vs-features probe
+        return {**json.loads(done.read_text()), "config": yaml.safe_load((run_dir / "config.yaml").read_text())}
     probe_file = run_dir / "probe.json"
     if not probe_file.is_file():
         proc = subprocess.run([sys.executable, __file__, "--probe", str(run_dir)], cwd=ROOT, env=env,
@@ -168,26 +212,32 @@ def summary_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def paired_table(results: dict[str, list[dict]]) -> str:
-    """Per-seed differences; 95 % t-interval of their mean, and on how many seeds it was > 0."""
+def paired_diff(a: dict[int, float], b: dict[int, float]) -> tuple[np.ndarray, str]:
+    """Differences a − b on the seeds both have, and the 95 % t-interval of their mean."""
     from scipy import stats
 
+    d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], dtype=float)
+    if len(d) > 1:
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        return d, f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
+    return d, "n/a (1 seed)" if len(d) == 1 else "n/a (no seed)"
+
+
+def paired_table(results: dict[str, list[dict]], pairs=None, metrics=("A_auc", "A_last"), value=None) -> str:
+    """Per-seed differences; 95 % t-interval of their mean, and on how many seeds it was > 0.
+    ``value(run, metric)`` in % (default: the online ``metrics`` x 100)."""
+    value = value or (lambda r, m: 100 * r["metrics"][m])
     lines = ["| difference (same seeds) | metric | mean ± sd (points) | 95 % CI | > 0 on |",
              "|---|---|---:|---:|---:|"]
-    for a, b in PAIRS:
-        if a not in results or b not in results:
+    for a, b in PAIRS if pairs is None else pairs:
+        if not results.get(a) or not results.get(b):
             continue
-        ra = {r["seed"]: r for r in results[a]}
-        rb = {r["seed"]: r for r in results[b]}
-        seeds = sorted(set(ra) & set(rb))
-        for m in ("A_auc", "A_last"):
-            d = np.array([100 * (ra[s]["metrics"][m] - rb[s]["metrics"][m]) for s in seeds])
-            if len(d) > 1:
-                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-                ci = f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
-            else:
-                ci = "n/a (1 seed)"
-            lines.append(f"| {a} − {b} | {m} | {_ms(d)} | {ci} | {int((d > 0).sum())}/{len(d)} |")
+        for m in metrics:
+            d, ci = paired_diff({r["seed"]: value(r, m) for r in results[a]},
+                                {r["seed"]: value(r, m) for r in results[b]})
+            if len(d) == 0:
+                continue
+            lines.append(f"| {a} − {b} | {FSCIL_NAMES.get(m, m)} | {_ms(d)} | {ci} | {int((d > 0).sum())}/{len(d)} |")
     if len(lines) == 2:
         lines.append("| (no pair with both methods run) | | | | |")
     return "\n".join(lines)
@@ -236,6 +286,76 @@ def render(table: str, results: dict[str, list[dict]], seeds: list[int]) -> str:
     ])
 
 
+# --- FSCIL tables (sessions regime) -----------------------------------------------------------
+def fscil_summary(results: dict[str, list[dict]], seeds: list[int]) -> str:
+    lines = ["| method | seeds | " + " | ".join(f"{FSCIL_NAMES[m]} (%)" for m in FSCIL_METRICS) + " |",
+             "|---|---:|" + "---:|" * len(FSCIL_METRICS)]
+    for method, runs in results.items():
+        if not runs:
+            continue
+        n = f"{len(runs)}" if len(runs) == len(seeds) else f"**{len(runs)} of {len(seeds)}**"
+        cells = [_ms(np.array([fscil_value(r, m) for r in runs])) for m in FSCIL_METRICS]
+        lines.append(f"| {FSCIL_METHODS[method][2]} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fscil_sessions_table(results: dict[str, list[dict]]) -> str:
+    """Mean accuracy on all seen classes after each session, over the seeds each method has."""
+    n = max(len(r["session_acc"]) for runs in results.values() for r in runs)
+    lines = ["| method | " + " | ".join(f"s{k}" for k in range(n)) + " |", "|---|" + "---:|" * n]
+    for method, runs in results.items():
+        if runs:
+            acc = np.mean([r["session_acc"] for r in runs], axis=0)
+            lines.append(f"| {method} | " + " | ".join(f"{a:.2f}" for a in acc) + " |")
+    return "\n".join(lines)
+
+
+def fscil_per_seed(results: dict[str, list[dict]]) -> str:
+    lines = ["| method | seed | " + " | ".join(FSCIL_NAMES[m] for m in FSCIL_METRICS)
+             + " | accuracy per session | wall (s), loaded machine |",
+             "|---|---:|" + "---:|" * len(FSCIL_METRICS) + "---|---:|"]
+    for method, runs in results.items():
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            cells = " | ".join(f"{fscil_value(r, m):.2f}" for m in FSCIL_METRICS)
+            per = " / ".join(f"{a:.1f}" for a in r["session_acc"])
+            lines.append(f"| {method} | {r['seed']} | {cells} | {per} | {r.get('wall_time_s', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def fscil_same_sessions(results: dict[str, list[dict]]) -> str:
+    """Checks that every method at a seed saw the same session classes and sample counts."""
+    by_seed: dict[int, set] = {}
+    for runs in results.values():
+        for r in runs:
+            by_seed.setdefault(r["seed"], set()).add(json.dumps([r["session_classes"], r["session_samples"]]))
+    bad = sorted(s for s, v in by_seed.items() if len(v) > 1)
+    if bad:
+        return f"**Warning: the session classes or sizes differ between methods on seeds {bad}.**"
+    return ("Every method saw the same session classes and sample counts at each seed "
+            f"(checked from results.json on seeds {sorted(by_seed)}).")
+
+
+def render_fscil(results: dict[str, list[dict]], seeds: list[int], missing: list[str]) -> str:
+    short = [f"{m} ({len(r)} of {len(seeds)} seeds)" for m, r in results.items() if len(r) < len(seeds)]
+    status = ("All cells have every seed." if not short else
+              "**Incomplete: fewer seeds than asked for** " + "; ".join(short) + ". Not run or not finished: "
+              + (", ".join(missing) if missing else "none") + ".")
+    return "\n\n".join([
+        f"Seeds {', '.join(map(str, seeds))}; mean ± sample std (ddof 1), in %. A_avg: mean over the 9 "
+        "sessions of the accuracy on all seen classes; PD = session 0 − last; base / novel / HM: the last "
+        "session's accuracy on the 60 base classes, on the 40 novel classes, and their harmonic mean. "
+        + status,
+        fscil_summary(results, seeds),
+        "Paired differences (method − reference on the same seed, i.e. the same sessions), in points:",
+        paired_table(results, FSCIL_PAIRS, FSCIL_METRICS, fscil_value),
+        "Mean accuracy on all seen classes after each session (%):",
+        fscil_sessions_table(results),
+        fscil_same_sessions(results),
+        "Per seed (wall times from a loaded shared 2-core machine: not valid as timings):",
+        fscil_per_seed(results),
+    ])
+
+
 def write_block(table: str, text: str) -> None:
     begin, end = f"<!-- results:{table} (benchmarks/run_results.py) -->", f"<!-- /results:{table} -->"
     body = DOC.read_text() if DOC.exists() else ""
@@ -251,12 +371,32 @@ def write_block(table: str, text: str) -> None:
     atomic_write_text(DOC, body)
 
 
+def _finished(table: str, method: str, seed: int) -> dict | None:
+    """A finished run's results (``--no-run``), or None."""
+    run_dir = RUNS / table / f"{method}_s{seed}"
+    if not (run_dir / "results.json").is_file() or (table != "fscil" and not (run_dir / "probe.json").is_file()):
+        return None
+    return run_one(table, method, seed)
+
+
+def _attempt(table: str, method: str, seed: int, run: bool) -> dict | None:
+    """Run (or reuse) one job; a failure is reported and leaves its cell short, not the table."""
+    try:
+        return run_one(table, method, seed) if run else _finished(table, method, seed)
+    except RuntimeError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--table", choices=["headline", "digits"], default="headline")
+    p.add_argument("--table", choices=["headline", "digits", "fscil"], default="headline")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    p.add_argument("--only", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--only", nargs="+", choices=sorted(set(METHODS) | set(FSCIL_METHODS)),
+                   help="methods, in this order (default: all of the table's)")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seed-major", action="store_true", help="run seed 1 of every method first, then seed 2, ...")
+    p.add_argument("--no-run", action="store_true", help="tables from the finished runs only; start nothing")
     p.add_argument("--print-only", action="store_true", help="print the tables, do not write docs")
     p.add_argument("--probe", metavar="RUN_DIR", help=argparse.SUPPRESS)  # internal: one probe
     args = p.parse_args()
@@ -267,13 +407,29 @@ def main() -> None:
 
         atomic_write_text(run_dir / "probe.json", json.dumps(out, indent=1))
         return
-    jobs = [(m, s) for m in args.only for s in args.seeds]
+    methods = args.only or list(_methods(args.table))
+    unknown = [m for m in methods if m not in _methods(args.table)]
+    if unknown:
+        p.error(f"not a method of --table {args.table}: {', '.join(unknown)}")
+    jobs = ([(m, s) for s in args.seeds for m in methods] if args.seed_major
+            else [(m, s) for m in methods for s in args.seeds])
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda ms: run_one(args.table, *ms), jobs))
-    results: dict[str, list[dict]] = {m: [] for m in args.only}
-    for (m, _), r in zip(jobs, done):
-        results[m].append(r)
-    text = render(args.table, results, args.seeds)
+        done = list(pool.map(lambda ms: _attempt(args.table, *ms, run=not args.no_run), jobs))
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    missing = []
+    for (m, s), r in zip(jobs, done):
+        if r is None:
+            missing.append(f"{m} seed {s}")
+        else:
+            results[m].append(r)
+    if not any(results.values()):
+        sys.exit("no finished run to tabulate")
+    if args.table == "fscil":
+        text = render_fscil(results, args.seeds, missing)
+    else:
+        if missing:
+            print("missing: " + ", ".join(missing), file=sys.stderr)
+        text = render(args.table, {m: r for m, r in results.items() if r}, args.seeds)
     print(text)
     if not args.print_only:
         write_block(args.table, text)

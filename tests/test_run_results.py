@@ -72,3 +72,40 @@ def test_probe_head_accuracy_is_the_runs_a_last(tmp_path) -> None:
     a_last = json.loads((tmp_path / "p" / "results.json").read_text())["metrics"]["A_last"]
     assert out["head_acc"] == pytest.approx(a_last, abs=1e-9) and out["n_classes"] == 10
     assert 0.3 < out["ncm_acc"] <= 1.0 and np.isfinite(out["ncm_acc"])
+
+
+def test_fscil_method_configs() -> None:
+    """Same data and sessions for every FSCIL method; each ablation flips only its switch."""
+    from clplat.config import build_config
+
+    cfgs = {m: build_config(rr.method_config("fscil", m, 4)) for m in rr.FSCIL_METHODS}
+    for c in cfgs.values():
+        assert c.seed == 4 and c.threads == 1 and c.data.first_class == 100 and c.scenario.base_classes == 60
+        assert (c.scenario.ways, c.scenario.shots, c.scenario.n_sessions) == (5, 5, 8)
+    assert cfgs["coact_no_contrastive"].strategy_config.use_contrastive is False
+    assert cfgs["coact_no_inc_tuning"].strategy_config.incremental_tuning is False
+    assert cfgs["coact_release_head"].strategy_config.classifier == "dot"
+    assert cfgs["coact"].strategy_config.use_contrastive and cfgs["coact"].strategy_config.controlled_ft
+    assert cfgs["lora_finetune"].strategy == "lora_finetune" and cfgs["finetune"].strategy == "finetune"
+
+
+def _fscil_run(seed: int, acc: list[float], base: float, novel: float) -> dict:
+    hm = 2 * base * novel / (base + novel)
+    return {"seed": seed, "session_acc": acc, "a_avg": float(np.mean(acc)), "a_last": acc[-1],
+            "pd": acc[0] - acc[-1], "base_acc": [acc[0], base], "novel_acc": [None, novel], "hm": [None, hm],
+            "session_classes": [[0, 1], [2]], "session_samples": [10, 5], "wall_time_s": 1.0, "config": {}}
+
+
+def test_fscil_table_pairs_by_seed_and_flags_missing_seeds() -> None:
+    results = {"simplecil": [_fscil_run(1, [80.0, 70.0], 75.0, 60.0), _fscil_run(2, [90.0, 60.0], 70.0, 40.0)],
+               "coact": [_fscil_run(2, [90.0, 66.0], 71.0, 50.0), _fscil_run(1, [80.0, 72.0], 76.0, 60.0)],
+               "finetune": [_fscil_run(1, [80.0, 10.0], 80.0, 0.0)]}
+    text = rr.render_fscil(results, [1, 2], ["finetune seed 2"])
+    rows = {ln.split(" | ")[1]: ln for ln in text.splitlines() if ln.startswith("| coact − simplecil")}
+    # A_last: +2 (seed 1), +6 (seed 2) -> 4.00 ± 2.83; novel (last): 0, +10 -> 5.00 ± 7.07
+    assert "| 4.00 ± 2.83 |" in rows["A_last"] and "| 2/2 |" in rows["A_last"]
+    assert "| 5.00 ± 7.07 |" in rows["novel (last)"] and "| 1/2 |" in rows["novel (last)"]
+    assert "finetune (1 of 2 seeds)" in text and "finetune seed 2" in text and "**1 of 2**" in text
+    assert "same session classes" in text
+    results["finetune"][0]["session_samples"] = [10, 6]
+    assert "Warning" in rr.render_fscil(results, [1, 2], [])
