@@ -288,12 +288,13 @@ def test_task_metrics_by_hand():
 # --- end to end --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_short_digits_run_beats_chance_and_reports_til_cil(tmp_path):
-    """The shipped digits config, shortened: 5 binary tasks, TIL chance is 50 %, CIL chance 10 %."""
+    """The shipped digits config with 5 epochs per later task (zero kernel init): 5 binary tasks,
+    TIL chance is 50 %, CIL chance 10 %."""
     from clplat.config import load_config
     from clplat.engine.sessions import run_sessions
 
     cfg = load_config("experiments/contracon_digits.yaml", [
-        "sessions.base.epochs=6", "sessions.incremental.epochs=5", "logging.progress=false"])
+        "sessions.incremental.epochs=5", "contracon.kernel_init=zero", "logging.progress=false"])
     r = run_sessions(cfg, tmp_path / "run", resume=False)
     assert r["til_matrix"][0] == [r["session_acc"][0]]  # one task: TIL == CIL
     assert r["til_matrix"][-1][0] == r["til_matrix"][0][0]  # task 0 never changes
