@@ -360,3 +360,30 @@ def test_zero_kernel_init_starts_every_task_at_gated_task0_weights():
         w0 = s.backbone.get_parameter(proj.name)
         assert torch.equal(s.overrides(1)[proj.name], gate * w0)
     assert s.task_parameter_counts()[1] == _strategy().task_parameter_counts()[1]
+
+
+def test_evaluate_tasks_scores_til_cil_and_task_id_separately():
+    """A stub strategy: CIL always says class 0; with the task given it says the true class, except
+    for class 3 (says 2), and always puts a larger logit on a class of the other task, which TIL
+    must not read. Expected per class (0, 1, 2, 3): CIL right 1/0/0/0, task-id 1/1/0/0, TIL 1/1/1/0."""
+    from clplat.engine.task_eval import evaluate_tasks
+    from clplat.strategies.base import Strategy, StreamContext
+
+    class Stub(Strategy):
+        def predict(self, x, ctx):
+            return F.one_hot(torch.zeros(len(x), dtype=torch.long), 4).float()
+
+        def predict_task(self, x, task, ctx):
+            y = x[:, 0].long()
+            out = F.one_hot(torch.where(y == 3, 2, y), 4).float()
+            out[:, 3 if task == 0 else 0] += 5.0  # a class outside the task
+            return out
+
+    ys = [0, 1, 2, 3, 3]
+    data = [(torch.tensor([float(y)]), y) for y in ys]
+    ctx = StreamContext(n_exposed=4, exposed_classes=[0, 1, 2, 3], label_index=torch.arange(4))
+    rec, extra = evaluate_tasks(Stub(ContraconConfig(), torch.nn.Identity(), 4, (1,)), data, np.array(ys), ctx,
+                                [[0, 1], [2, 3]], num_classes=4, batch_size=2, device=torch.device("cpu"),
+                                samples_seen=0, session=1)
+    assert rec.total == [1, 1, 1, 2] and rec.correct == [1, 0, 0, 0]
+    assert extra == {"til_correct": [1, 1, 1, 0], "task_correct": [1, 1, 0, 0]}
