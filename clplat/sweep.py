@@ -14,6 +14,7 @@ pruned run stops through its own SIGTERM path (checkpoint, exit 130).
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import socket
 import sys
@@ -28,6 +29,7 @@ from clplat.sweep_space import Sweep, agent_argv, load_sweep
 ONLINE_METRICS = ("A_auc", "A_avg", "A_last", "F_last", "BWT")
 SESSION_METRICS = ("a_avg", "a_last", "pd")
 POLL_S = 0.1
+STARTED = datetime.datetime.now()  # a trial asked before this runner started and still ownerless is dead
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -216,23 +218,32 @@ class Runner:
 
     def finish(self, trial: Any, rc: int, pruned: bool, watcher: Any, log: Path, TrialState: Any) -> None:
         if pruned:
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self.tell(trial, state=TrialState.PRUNED)
             print(f"trial {trial.number}: pruned", flush=True)
             return
         value = watcher.final() if rc == 0 else None
         if value is not None:
-            self.study.tell(trial, value)
+            self.tell(trial, value)
             print(f"trial {trial.number}: {self.sweep.metric} = {value:.4f}", flush=True)
             return
         if self.stop.is_set():  # stopped by the user: not counted, its values queued again
             trial.set_user_attr("interrupted", True)
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.tell(trial, state=TrialState.FAIL)
             self.study.enqueue_trial(trial.params)
             return
         why = _last_line(log) if rc != 0 else f"no {self.sweep.metric} in results.json"
         trial.set_user_attr("error", f"exit {rc}: {why}")
-        self.study.tell(trial, state=TrialState.FAIL)
+        self.tell(trial, state=TrialState.FAIL)
         print(f"trial {trial.number}: failed (exit {rc}): {why} — log {log}", file=sys.stderr, flush=True)
+
+    def tell(self, trial: Any, value: float | None = None, state: Any = None) -> None:
+        """``study.tell``; the GridSampler calls ``study.stop()`` once the grid is used up, which
+        Optuna refuses outside ``optimize`` after the trial is already stored: that is not an error."""
+        try:
+            self.study.tell(trial, value, state=state)
+        except RuntimeError as err:
+            if "Study.stop" not in str(err):
+                raise
 
     def interrupt(self) -> None:
         self.stop.set()
@@ -258,7 +269,10 @@ def requeue_stale(study: Any) -> int:
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or pid is None or _alive(int(pid)):
+        if pid is None:  # its runner died between ask and recording the owner (milliseconds apart)
+            if t.datetime_start is None or t.datetime_start >= STARTED:
+                continue
+        elif t.user_attrs.get("host") != host or _alive(int(pid)):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)

@@ -195,7 +195,7 @@ def test_four_trials_two_jobs_resume_after_kill_and_best_config(tmp_path: Path) 
     assert res.returncode == 0, res.stderr
     trials = _study(sweep_dir, "tiny_random").get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4
+    assert len(complete) == 4, [(t.number, t.state.name, t.user_attrs) for t in trials]
     for t in complete:  # finished trials kept their value and were not re-run
         if t.number in before:
             assert (t.value, (Path(t.user_attrs["run_dir"]) / "results.json").stat().st_mtime_ns) == before[t.number]
@@ -208,7 +208,7 @@ def test_four_trials_two_jobs_resume_after_kill_and_best_config(tmp_path: Path) 
     best = max(complete, key=lambda t: t.value)
     cfg = load_config(sweep_dir / "best.yaml")
     assert cfg.optim.lr == pytest.approx(best.user_attrs["args"]["optim.lr"])
-    assert cfg.er.memory_size == best.user_attrs["args"]["er.memory_size"]
+    assert cfg.to_dict()["er"]["memory_size"] == best.user_attrs["args"]["er.memory_size"]
     assert f"best trial {best.number} " in (sweep_dir / "best.yaml").read_text()
     for plot in ("history", "parallel", "importance"):
         assert (sweep_dir / f"{plot}.png").stat().st_size > 1000
