@@ -16,6 +16,8 @@ from clplat.errors import UserError, one_line
 from clplat.io import atomic_torch_save
 from clplat.nn import state_mismatch
 
+CHECKPOINT = "checkpoints/last.pt"  # inside a run directory
+
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -35,6 +37,28 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+class CheckpointedRun:
+    """The run-state plumbing both regimes share: an RNG state loaded from a checkpoint waits in
+    ``_pending_rng`` until the driver restores it (after Lightning's setup, which draws), and the
+    run's ``state_dict()`` is written atomically to ``run_dir/CHECKPOINT``."""
+
+    run_dir: Path | None
+    generator: torch.Generator
+    _pending_rng: dict[str, Any] | None
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore_rng(self) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng, self.generator)
+            self._pending_rng = None
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is not None:
+            atomic_save(self.state_dict(), self.run_dir / CHECKPOINT)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -19,7 +19,7 @@ from clplat.data import build_dataset
 from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
 from clplat.engine.callbacks import StreamDriver, StreamProgress
-from clplat.engine.checkpoint import ProcessRecord, atomic_save, restore, rng_state, set_rng_state
+from clplat.engine.checkpoint import CHECKPOINT, CheckpointedRun, ProcessRecord, restore, rng_state
 from clplat.engine.driver import PlanBatchSampler, StreamCursor, plan_batches
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord, summarize
@@ -30,7 +30,6 @@ from clplat.errors import UserError
 from clplat.scenarios import build_scenario
 from clplat.strategies import STRATEGIES
 
-CHECKPOINT = "checkpoints/last.pt"
 FORMAT_VERSION = 1
 
 
@@ -52,7 +51,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Experiment:
+class Experiment(CheckpointedRun):
     def __init__(self, cfg: Config, run_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
@@ -109,15 +108,6 @@ class Experiment:
         self.records = [EvalRecord.from_dict(r) for r in state["records"]]
         self.wandb_id = state.get("wandb_id")
         self._pending_rng = state["rng"]
-
-    def restore_rng(self) -> None:
-        if self._pending_rng is not None:
-            set_rng_state(self._pending_rng, self.generator)
-            self._pending_rng = None
-
-    def save_checkpoint(self) -> None:
-        if self.run_dir is not None:
-            atomic_save(self.state_dict(), self.run_dir / CHECKPOINT)
 
     # --- evaluation -----------------------------------------------------------------------------
     def evaluate(self, kind: str) -> EvalRecord:

@@ -31,7 +31,7 @@ from clplat.config import Config, SessionPhaseConfig
 from clplat.data import build_dataset
 from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
-from clplat.engine.checkpoint import atomic_save, restore, rng_state, set_rng_state
+from clplat.engine.checkpoint import CHECKPOINT, CheckpointedRun, restore, rng_state
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord
 from clplat.engine.module import ContinualModule
@@ -42,7 +42,6 @@ from clplat.errors import UserError
 from clplat.scenarios import build_scenario
 from clplat.strategies import STRATEGIES
 
-CHECKPOINT = "checkpoints/last.pt"
 FORMAT_VERSION = 1
 
 
@@ -179,7 +178,7 @@ class SessionDriver(L.Callback):
             trainer.should_stop = True
 
 
-class SessionExperiment:
+class SessionExperiment(CheckpointedRun):
     """A sessions run: data, sessions plan, strategy; ``run()`` trains and evaluates every session."""
 
     def __init__(self, cfg: Config, run_dir: Path | None = None) -> None:
@@ -258,15 +257,6 @@ class SessionExperiment:
         self._pending_optimizer = state["optimizer"]
         self._pending_grads = (state["requires_grad_at_start"], state["requires_grad"])
         self._set_grads(state["requires_grad"])
-
-    def restore_rng(self) -> None:
-        if self._pending_rng is not None:
-            set_rng_state(self._pending_rng, self.generator)
-            self._pending_rng = None
-
-    def save_checkpoint(self) -> None:
-        if self.run_dir is not None:
-            atomic_save(self.state_dict(), self.run_dir / CHECKPOINT)
 
     # --- one session ------------------------------------------------------------------------------
     def hook_loader(self, session: int) -> DataLoader:
