@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clplat.engine.evaluation import fetch
+from clplat.engine.evaluation import eval_mode, exposed_predictions
 from clplat.engine.metrics import EvalRecord
 from clplat.strategies.base import Strategy, StreamContext
 
@@ -31,26 +31,15 @@ def evaluate_tasks(strategy: Strategy, test_set, test_targets: np.ndarray, ctx: 
     task_of = torch.full((num_classes,), -1, dtype=torch.long)
     for t, cls in enumerate(session_classes[: session + 1]):
         task_of[torch.as_tensor(list(cls), dtype=torch.long)] = t
-    exposed_t = torch.as_tensor(ctx.exposed_classes, dtype=torch.long)
-    idx = np.flatnonzero(np.isin(test_targets, exposed_t.numpy())).tolist()
     counts = {k: torch.zeros(num_classes, dtype=torch.long) for k in ("correct", "total", "til", "task")}
-    was_training = strategy.training
-    strategy.eval()
-    ctx.training = False
-    try:
-        for s in range(0, len(idx), batch_size):
-            x, y = fetch(test_set, idx[s : s + batch_size])
-            x, y = x.to(device), y.long()
-            logits = ctx.mask_logits(strategy.predict(x, ctx)).float().cpu()
-            pred = exposed_t[logits[:, : len(exposed_t)].argmax(dim=1)]
+    with eval_mode(strategy, ctx):
+        for x, y, pred in exposed_predictions(strategy, test_set, test_targets, ctx,
+                                              batch_size=batch_size, device=device):
             til = _til_predictions(strategy, x, y, task_of, ctx, session_classes)
             counts["total"] += torch.bincount(y, minlength=num_classes)
             counts["correct"] += torch.bincount(y[pred == y], minlength=num_classes)
             counts["til"] += torch.bincount(y[til == y], minlength=num_classes)
             counts["task"] += torch.bincount(y[task_of[pred] == task_of[y]], minlength=num_classes)
-    finally:
-        strategy.train(was_training)
-        ctx.training = True
     rec = EvalRecord(samples_seen=samples_seen, task_id=session, kind="task_end",
                      correct=counts["correct"].tolist(), total=counts["total"].tolist())
     return rec, {"til_correct": counts["til"].tolist(), "task_correct": counts["task"].tolist()}
