@@ -42,11 +42,13 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 class CheckpointedRun:
     """The run-state plumbing both regimes share: an RNG state loaded from a checkpoint waits in
     ``_pending_rng`` until the driver restores it (after Lightning's setup, which draws), and the
-    run's ``state_dict()`` is written atomically to ``run_dir/CHECKPOINT``."""
+    run's ``state_dict()`` is written atomically to ``run_dir/CHECKPOINT``, and read back on resume."""
 
     run_dir: Path | None
     generator: torch.Generator
     _pending_rng: dict[str, Any] | None
+    cursor: Any  # with ``finished``
+    wandb: Any  # a ``WandbRun`` or None
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -59,6 +61,17 @@ class CheckpointedRun:
     def save_checkpoint(self) -> None:
         if self.run_dir is not None:
             atomic_save(self.state_dict(), self.run_dir / CHECKPOINT)
+
+    def resume_from(self, run_dir: Path) -> None:
+        """Load ``run_dir``'s last checkpoint; resuming a finished run is a ``UserError``."""
+        restore(self, run_dir / CHECKPOINT)
+        if self.cursor.finished:
+            raise UserError(f"{run_dir} is already complete (results in {run_dir / 'results.json'})")
+
+    def close_interrupted(self) -> None:
+        """A signal stopped the run: its W&B run ends marked failed, to be resumed later."""
+        if self.wandb is not None and self.wandb.run is not None:
+            self.wandb.run.finish(exit_code=1)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -19,7 +19,7 @@ from clplat.data import build_dataset
 from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
 from clplat.engine.callbacks import StreamDriver, StreamProgress
-from clplat.engine.checkpoint import CHECKPOINT, CheckpointedRun, ProcessRecord, restore, rng_state
+from clplat.engine.checkpoint import CHECKPOINT, CheckpointedRun, ProcessRecord, rng_state  # noqa: F401 (CHECKPOINT: public here)
 from clplat.engine.driver import PlanBatchSampler, StreamCursor, plan_batches
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord, summarize
@@ -192,9 +192,7 @@ def run_experiment(cfg: Config, run_dir: Path | None = None, resume: bool = Fals
         return run_sessions(cfg, run_dir, resume)
     exp = Experiment(cfg, run_dir)
     if resume:
-        restore(exp, run_dir / CHECKPOINT)
-        if exp.cursor.finished:
-            raise UserError(f"{run_dir} is already complete (results in {run_dir / 'results.json'})")
+        exp.resume_from(run_dir)
     else:
         write_config(run_dir, cfg.to_dict())
     exp.wandb = WandbRun(cfg, run_dir, cfg.to_dict(), resume_id=exp.wandb_id)
@@ -202,8 +200,7 @@ def run_experiment(cfg: Config, run_dir: Path | None = None, resume: bool = Fals
     exp.process.announce(run_dir)
     exp.fit()
     if exp.interrupted:
-        if exp.wandb is not None and exp.wandb.run is not None:
-            exp.wandb.run.finish(exit_code=1)
+        exp.close_interrupted()
         return {"interrupted": True, "run_dir": str(run_dir), "samples_seen": exp.cursor.samples_seen}
     if not exp.cursor.finished:  # an empty stream
         exp.cursor.finished = True

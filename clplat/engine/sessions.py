@@ -31,7 +31,7 @@ from clplat.config import Config, SessionPhaseConfig
 from clplat.data import build_dataset
 from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
-from clplat.engine.checkpoint import CHECKPOINT, CheckpointedRun, restore, rng_state
+from clplat.engine.checkpoint import CheckpointedRun, rng_state
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord
 from clplat.engine.module import ContinualModule
@@ -424,9 +424,7 @@ def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     start = time.perf_counter()
     exp = SessionExperiment(cfg, run_dir)
     if resume:
-        restore(exp, run_dir / CHECKPOINT)
-        if exp.cursor.finished:
-            raise UserError(f"{run_dir} is already complete (results in {run_dir / 'results.json'})")
+        exp.resume_from(run_dir)
     else:
         write_config(run_dir, cfg.to_dict())
         exp.save_checkpoint()  # a stop before the first epoch ends still leaves a resumable run
@@ -441,8 +439,7 @@ def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     exp.run()
     process["updates"] = exp.module.updates
     if exp.interrupted:
-        if exp.wandb is not None and exp.wandb.run is not None:
-            exp.wandb.run.finish(exit_code=1)
+        exp.close_interrupted()
         return {"interrupted": True, "run_dir": str(run_dir), "samples_seen": exp.cursor.samples_seen,
                 "where": f"session {exp.cursor.session} ({exp.cursor.epoch} epochs done)"}
     results = exp.results()
