@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from clplat.errors import UserError
-from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan
+from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan, class_order_of
 
 
 def class_incremental_classes(n_classes: int, n_tasks: int, seed: int,
@@ -48,12 +48,7 @@ def _classes(n_classes: int, n_tasks: int, class_order: str, g: torch.Generator)
         raise UserError(f"scenario.n_tasks must be >= 1, got {n_tasks}")
     if n_tasks > n_classes:
         raise UserError(f"scenario.n_tasks={n_tasks} is larger than the number of classes ({n_classes})")
-    if class_order == "seeded":
-        order = torch.randperm(n_classes, generator=g).tolist()
-    elif class_order == "contiguous":
-        order = list(range(n_classes))
-    else:
-        raise UserError(f"scenario.class_order must be 'seeded' or 'contiguous', got {class_order!r}")
+    order = class_order_of(n_classes, class_order, g)
     return [chunk.tolist() for chunk in np.array_split(np.asarray(order, dtype=np.int64), n_tasks)]
 
 

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from clplat.errors import UserError
-from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan
+from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan, class_order_of, int_targets
 
 ClassOrder = Literal["seeded", "contiguous"]
 
@@ -133,12 +133,7 @@ def path_key(path: str) -> str:
 
 
 def _targets(targets: Sequence[int] | np.ndarray) -> np.ndarray:
-    t = np.asarray(targets)
-    if t.ndim != 1:
-        raise UserError(f"scenario: targets must be 1-D, got shape {t.shape}")
-    if t.size and not np.issubdtype(t.dtype, np.integer):
-        raise UserError(f"scenario: targets must be integer class ids, got dtype {t.dtype}")
-    t = t.astype(np.int64)
+    t = int_targets(targets)
     if t.size and t.min() < 0:
         raise UserError(f"scenario: targets must be >= 0, got {t.min()}")
     return t
@@ -156,12 +151,7 @@ def _check_counts(num_classes: int, base_classes: int, ways: int, n_sessions: in
 
 def _session_classes(num_classes: int, base: int, ways: int, n_sessions: int, class_order: str,
                      g: torch.Generator) -> list[list[int]]:
-    if class_order == "seeded":
-        order = torch.randperm(num_classes, generator=g).tolist()
-    elif class_order == "contiguous":
-        order = list(range(num_classes))
-    else:
-        raise UserError(f"scenario.class_order must be 'seeded' or 'contiguous', got {class_order!r}")
+    order = class_order_of(num_classes, class_order, g)
     return [order[:base]] + [order[base + s * ways:base + (s + 1) * ways] for s in range(n_sessions)]
 
 

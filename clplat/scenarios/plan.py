@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from clplat.errors import UserError
 from clplat.registry import Registry, TaggedConfig
 
 
@@ -39,6 +41,25 @@ def make_eval_points(total: int, eval_period: int) -> list[int]:
     if eval_period < 1:
         raise ValueError(f"eval_period must be >= 1, got {eval_period}")
     return list(range(eval_period, total + 1, eval_period))
+
+
+def int_targets(targets) -> np.ndarray:
+    """The training targets as a 1-D int64 array; anything else is a one-line ``UserError``."""
+    t = np.asarray(targets)
+    if t.ndim != 1:
+        raise UserError(f"scenario: targets must be 1-D, got shape {t.shape}")
+    if t.size and not np.issubdtype(t.dtype, np.integer):
+        raise UserError(f"scenario: targets must be integer class ids, got dtype {t.dtype}")
+    return t.astype(np.int64)
+
+
+def class_order_of(n_classes: int, class_order: str, g: torch.Generator) -> list[int]:
+    """All class ids in ``class_order``: ``seeded`` draws one ``randperm`` from ``g``, ``contiguous`` none."""
+    if class_order == "seeded":
+        return torch.randperm(n_classes, generator=g).tolist()
+    if class_order == "contiguous":
+        return list(range(n_classes))
+    raise UserError(f"scenario.class_order must be 'seeded' or 'contiguous', got {class_order!r}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 from clplat.errors import UserError
-from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan
+from clplat.scenarios.plan import SCENARIOS, ScenarioConfig, StreamPlan, int_targets
 
 
 @dataclass
@@ -112,12 +112,7 @@ def si_blurry_layout(targets: Sequence[int] | np.ndarray, n_classes: int, n_task
 
 def _check_args(targets: Sequence[int] | np.ndarray, n_classes: int, n_tasks: int, disjoint_pct: int,
                 blurry_pct: int) -> np.ndarray:
-    t = np.asarray(targets)
-    if t.ndim != 1:
-        raise UserError(f"scenario: targets must be 1-D, got shape {t.shape}")
-    if t.size and not np.issubdtype(t.dtype, np.integer):
-        raise UserError(f"scenario: targets must be integer class ids, got dtype {t.dtype}")
-    t = t.astype(np.int64)
+    t = int_targets(targets)
     if n_tasks < 1:
         raise UserError(f"scenario.n_tasks must be >= 1, got {n_tasks}")
     if n_classes < n_tasks:
