@@ -16,6 +16,7 @@ from torch import nn
 from clplat.errors import UserError
 from clplat.streaming import X3DS, convert
 from clplat.streaming.cuda_graph import CudaGraphStep, cuda_graph_step, require_cuda
+from tests.streaming.stepping import calibrate, stream_outputs, strided_net
 
 
 class _Emulated(CudaGraphStep):
@@ -37,45 +38,15 @@ class _Emulated(CudaGraphStep):
         return replay
 
 
-def _calibrated(model: nn.Module, clip_shape: tuple[int, ...]) -> nn.Module:
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            m.reset_parameters()
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(*clip_shape))
-    return model.eval()
-
-
 def _x3d(device: str = "cpu") -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(1)
-    net = _calibrated(X3DS(5, width=8, depths=(2, 1, 1, 1), head_window=3), (1, 3, 6, 32, 32))
+    net = calibrate(X3DS(5, width=8, depths=(2, 1, 1, 1), head_window=3), (1, 3, 6, 32, 32))
     return net, convert(net).to(device)
 
 
 def _strided() -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(6)
-    net = nn.Sequential(
-        nn.Conv3d(3, 8, (3, 3, 3), padding=(1, 1, 1)),
-        nn.ReLU(),
-        nn.Conv3d(8, 8, (3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)),
-        nn.ReLU(),
-        nn.Conv3d(8, 6, (3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1)),
-    ).eval()
+    net = strided_net()
     return net, convert(net)
-
-
-def _stream(step, clip: torch.Tensor, state=None) -> tuple[list[torch.Tensor], list[int], object]:
-    outs, at = [], []
-    with torch.inference_mode():
-        for t in range(clip.shape[2]):
-            y, state = step(clip[:, :, t], state)
-            if y is not None:
-                outs.append(y.clone())  # the graph step's output is overwritten by the next call
-                at.append(t)
-    return outs, at, state
 
 
 def test_a_cuda_request_without_cuda_is_one_user_error(monkeypatch):
@@ -93,7 +64,7 @@ def test_emulated_graphs_stream_the_offline_outputs_one_capture_per_phase():
     with torch.no_grad():
         ref = net.forward_frames(clip)
     step = _Emulated(stream)
-    outs, at, _ = _stream(step, clip)
+    outs, at, _ = stream_outputs(step, clip)
     assert at == [stream.delay + j for j in range(len(outs))] and len(outs) >= 8
     torch.testing.assert_close(torch.stack(outs, 2), ref[:, :, : len(outs)], rtol=0, atol=1e-5)
     assert step.captures == 1  # stride 1: one steady phase
@@ -107,13 +78,13 @@ def test_emulated_strided_net_captures_one_graph_per_phase_and_states_interopera
     with torch.no_grad():
         ref = net(clip)
     step = _Emulated(stream)
-    first, at1, state = _stream(step, clip[:, :, :25])
-    eager, at2, state = _stream(stream.step, clip[:, :, 25:30], state)  # eager continues a graph state
-    last, at3, _ = _stream(step, clip[:, :, 30:], state)  # and the graph step an eager one
+    first, at1, state = stream_outputs(step, clip[:, :, :25])
+    eager, at2, state = stream_outputs(stream.step, clip[:, :, 25:30], state)  # eager continues a graph state
+    last, at3, _ = stream_outputs(step, clip[:, :, 30:], state)  # and the graph step an eager one
     got = torch.stack(first + eager + last, 2)
     torch.testing.assert_close(got, ref[:, :, : got.shape[2]], rtol=0, atol=1e-5)
     assert step.captures == 4
-    _, want_at, _ = _stream(stream.step, clip)
+    _, want_at, _ = stream_outputs(stream.step, clip)
     assert at1 + [25 + t for t in at2] + [30 + t for t in at3] == want_at
 
 
@@ -125,7 +96,7 @@ def test_a_graph_that_disagrees_with_the_eager_step_is_refused():
 
     _, stream = _strided()
     with pytest.raises(RuntimeError, match="disagrees with the eager step"):
-        _stream(Broken(stream), torch.randn(1, 3, 20, 16, 16))
+        stream_outputs(Broken(stream), torch.randn(1, 3, 20, 16, 16))
 
 
 def test_training_mode_is_refused():
@@ -141,6 +112,6 @@ def test_emulated_graph_of_the_compiled_phase():
     with torch.no_grad():
         ref = net.forward_frames(clip)
     step = _Emulated(stream, compile=True)
-    outs, _, _ = _stream(step, clip)
+    outs, _, _ = stream_outputs(step, clip)
     torch.testing.assert_close(torch.stack(outs, 2), ref[:, :, : len(outs)], rtol=0, atol=1e-4)
     assert step.captures == 1 and step._compiler.compilations == 1

@@ -13,7 +13,8 @@ import torch
 
 from clplat.kernels import conv_epilogue, conv_epilogue_reference, conv_epilogue_triton
 from clplat.streaming.cuda_graph import cuda_graph_step
-from tests.kernels.test_cuda_graph import _stream, _strided, _x3d
+from tests.kernels.test_cuda_graph import _strided, _x3d
+from tests.streaming.stepping import stream_outputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")  # collected only then
 epilogue_module = importlib.import_module("clplat.kernels.conv_epilogue")
@@ -61,7 +62,7 @@ def test_eager_cuda_stream_runs_the_triton_epilogue(monkeypatch):
     clip = torch.randn(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = net.forward_frames(clip)
-    outs, _, _ = _stream(stream.step, clip.cuda())
+    outs, _, _ = stream_outputs(stream.step, clip.cuda())
     assert len(calls) >= clip.shape[2]
     torch.testing.assert_close(torch.stack(outs, 2).cpu(), ref[:, :, : len(outs)], rtol=0, atol=1e-4)
 
@@ -73,7 +74,7 @@ def test_cuda_graphs_stream_the_offline_outputs(dtype):
     with torch.no_grad():
         ref = net.forward_frames(clip)
     step = cuda_graph_step(stream, dtype=dtype)
-    outs, at, _ = _stream(step, clip.cuda())
+    outs, at, _ = stream_outputs(step, clip.cuda())
     assert at == [stream.delay + j for j in range(len(outs))]
     got = torch.stack(outs, 2).float().cpu()
     tol = 1e-4 if dtype == torch.float32 else 3e-2 * float(ref.abs().max())
@@ -89,9 +90,9 @@ def test_cuda_strided_net_and_state_interop():
         ref = net(clip)
     step = cuda_graph_step(stream)
     clip = clip.cuda()
-    first, _, state = _stream(step, clip[:, :, :25])
-    eager, _, state = _stream(stream.step, clip[:, :, 25:30], state)
-    last, _, _ = _stream(step, clip[:, :, 30:], state)
+    first, _, state = stream_outputs(step, clip[:, :, :25])
+    eager, _, state = stream_outputs(stream.step, clip[:, :, 25:30], state)
+    last, _, _ = stream_outputs(step, clip[:, :, 30:], state)
     got = torch.stack(first + eager + last, 2).cpu()
     torch.testing.assert_close(got, ref[:, :, : got.shape[2]], rtol=0, atol=1e-4)
     assert step.captures == 4
@@ -122,6 +123,6 @@ def test_cuda_graph_of_the_compiled_phase():
     with torch.no_grad():
         ref = net.forward_frames(clip)
     step = cuda_graph_step(stream, compile=True)
-    outs, _, _ = _stream(step, clip.cuda())
+    outs, _, _ = stream_outputs(step, clip.cuda())
     torch.testing.assert_close(torch.stack(outs, 2).cpu(), ref[:, :, : len(outs)], rtol=0, atol=1e-4)
     assert step.captures == 1

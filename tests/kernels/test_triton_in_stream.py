@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 epilogue_module = importlib.import_module("clplat.kernels.conv_epilogue")
 from clplat.streaming import X3DS, convert  # noqa: E402
 from clplat.streaming.models.torchvision_video import r2plus1d_18  # noqa: E402
-from tests.streaming.stepping import step_clip  # noqa: E402
+from tests.streaming.stepping import calibrate, step_clip  # noqa: E402
 
 
 @pytest.fixture()
@@ -40,23 +40,11 @@ def launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     return seen
 
 
-def _calibrated(model: nn.Module, clip_shape: tuple[int, ...]) -> nn.Module:
-    torch.manual_seed(0)
-    for m in model.modules():  # non-tiny classifier weights, so the comparison means something
-        if isinstance(m, nn.Linear):
-            m.reset_parameters()
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(*clip_shape))
-    return model.eval()
-
-
 @pytest.mark.slow  # the interpreter: ~20 s on a busy 2-core box
 def test_x3d_stream_through_the_triton_epilogue(launches):
     """Every partial-layout conv runs the kernel once it receives frames; outputs equal the offline net."""
     torch.manual_seed(3)
-    net = _calibrated(X3DS(5, width=8, depths=(1, 1, 1, 1), head_window=3, causal=True), (1, 3, 6, 16, 16))
+    net = calibrate(X3DS(5, width=8, depths=(1, 1, 1, 1), head_window=3, causal=True), (1, 3, 6, 16, 16))
     stream = convert(net)
     clip = torch.randn(1, 3, 8, 16, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():  # the grad mode that takes the CPU fast path unless Triton is forced

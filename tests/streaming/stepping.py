@@ -10,8 +10,10 @@ regime after warm-up and after several periods of the coarsest stride. A clip th
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 MIN_PERIODS = 6  # whole periods of the module's temporal stride stepped past its delay
 MIN_FRAMES = 60  # and at least this many frames (long memory: running means, head windows)
@@ -56,3 +58,54 @@ def assert_steps_match(module, clip: torch.Tensor, ref: torch.Tensor, atol: floa
     assert ref[:, :, :n].abs().max() > 1e-2
     torch.testing.assert_close(out, ref[:, :, :n], atol=atol, rtol=0)
     return out
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Batch-1 steps of tiny nets gain nothing from more threads (and spin-wait on a busy box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def calibrate(model: nn.Module, clip_shape: tuple[int, ...], reset_linear: bool = True) -> nn.Module:
+    """Give BatchNorm realistic statistics (two seeded training forwards) and, with ``reset_linear``,
+    the classifier non-tiny weights, so an output comparison means something; then eval()."""
+    torch.manual_seed(0)
+    if reset_linear:
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(*clip_shape))
+    return model.eval()
+
+
+def strided_net() -> nn.Sequential:
+    """Three 3-D convs with temporal strides 1, 2, 2 (stride 4 in all: four recurring step phases)."""
+    torch.manual_seed(6)
+    return nn.Sequential(
+        nn.Conv3d(3, 8, (3, 3, 3), padding=(1, 1, 1)),
+        nn.ReLU(),
+        nn.Conv3d(8, 8, (3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)),
+        nn.ReLU(),
+        nn.Conv3d(8, 6, (3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1)),
+    ).eval()
+
+
+def stream_outputs(step, clip: torch.Tensor, state=None) -> tuple[list[torch.Tensor], list[int], object]:
+    """Call ``step(frame, state)`` over ``clip`` in inference mode; (outputs, their steps, last state).
+    Outputs are cloned: a compiled or graph step may overwrite its output on the next call."""
+    outs, at = [], []
+    with torch.inference_mode():
+        for t in range(clip.shape[2]):
+            y, state = step(clip[:, :, t], state)
+            if y is not None:
+                outs.append(y.clone())
+                at.append(t)
+    return outs, at, state

@@ -14,6 +14,7 @@ from torch import nn
 
 from clplat.streaming import LRCN, X3DS, compile_step, convert
 from clplat.streaming.compiled import CompiledStep
+from tests.streaming.stepping import calibrate, stream_outputs, strided_net
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,31 +27,12 @@ pytestmark = [
 ATOL = 1e-5
 
 
-def _calibrated(model: nn.Module, clip_shape: tuple[int, ...]) -> nn.Module:
-    torch.manual_seed(0)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(*clip_shape))
-    return model.eval()
-
-
-def _stream(step, clip: torch.Tensor, state=None) -> tuple[list[torch.Tensor], list[int], object]:
-    outs, at = [], []
-    with torch.inference_mode():
-        for t in range(clip.shape[2]):
-            y, state = step(clip[:, :, t], state)
-            if y is not None:
-                outs.append(y.clone())
-                at.append(t)
-    return outs, at, state
-
-
 @pytest.fixture(scope="module")
 def x3d():
     """One network and one ``CompiledStep`` shared by the X3D tests: its steady phase compiles once."""
     torch.manual_seed(1)
-    net = _calibrated(X3DS(5, width=8, depths=(2, 1, 1, 1), head_window=3, causal=True), (1, 3, 6, 32, 32))
+    net = calibrate(X3DS(5, width=8, depths=(2, 1, 1, 1), head_window=3, causal=True), (1, 3, 6, 32, 32),
+                    reset_linear=False)
     stream = convert(net)
     return net, stream, compile_step(stream)
 
@@ -61,7 +43,7 @@ def test_x3d_compiled_step_matches_offline_and_compiles_one_phase(x3d):
     with torch.no_grad():
         ref = net.forward_frames(clip)  # (B, K, T): causal, one output per frame
     eager_before = compiled.eager_steps
-    outs, at, _ = _stream(compiled, clip)
+    outs, at, _ = stream_outputs(compiled, clip)
     assert at == list(range(14))
     torch.testing.assert_close(torch.stack(outs, dim=2), ref, rtol=0, atol=ATOL)
     # warm-up phases run eagerly (each seen once); the saturated steady phase is compiled once
@@ -74,9 +56,9 @@ def test_states_pass_between_compiled_and_eager_steps(x3d):
     clip = torch.randn(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = net.forward_frames(clip)
-    first, _, state = _stream(compiled, clip[:, :, :10])
-    second, _, state = _stream(stream.step, clip[:, :, 10:13], state)  # eager continues a compiled state
-    third, _, _ = _stream(compiled, clip[:, :, 13:], state)  # and back
+    first, _, state = stream_outputs(compiled, clip[:, :, :10])
+    second, _, state = stream_outputs(stream.step, clip[:, :, 10:13], state)  # eager continues a compiled state
+    third, _, _ = stream_outputs(compiled, clip[:, :, 13:], state)  # and back
     torch.testing.assert_close(torch.stack(first + second + third, dim=2), ref, rtol=0, atol=ATOL)
     # another stream through the same object: its warm-up phases come back, but not within the
     # network's period, so they stay eager; only the one steady phase is ever compiled
@@ -87,7 +69,7 @@ def test_a_state_reused_twice_gives_the_same_output(x3d):
     """Branching a stream (feeding an older state again) takes the keyed path, not the cached one."""
     _, stream, compiled = x3d
     clip = torch.randn(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(4))
-    _, _, state = _stream(compiled, clip[:, :, :8])
+    _, _, state = stream_outputs(compiled, clip[:, :, :8])
     frame = clip[:, :, 8]
     with torch.inference_mode():
         a, _ = compiled(frame, state)
@@ -100,7 +82,7 @@ def test_a_state_reused_twice_gives_the_same_output(x3d):
 def test_channels_last_frames_are_relaid_out(x3d):
     _, stream, compiled = x3d
     clip = torch.randn(1, 3, 10, 32, 32, generator=torch.Generator().manual_seed(5))
-    _, _, state = _stream(compiled, clip[:, :, :9])
+    _, _, state = stream_outputs(compiled, clip[:, :, :9])
     with torch.inference_mode():
         y, _ = compiled(clip[:, :, 9].contiguous(memory_format=torch.channels_last), state)
         e, _ = stream.step(clip[:, :, 9], state)
@@ -109,22 +91,15 @@ def test_channels_last_frames_are_relaid_out(x3d):
 
 def test_temporal_strides_compile_one_graph_per_phase():
     """Counters cycle with the stride (``tick``), so a stride-4 stream has 4 recurring phases."""
-    torch.manual_seed(6)
-    net = nn.Sequential(
-        nn.Conv3d(3, 8, (3, 3, 3), padding=(1, 1, 1)),
-        nn.ReLU(),
-        nn.Conv3d(8, 8, (3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)),
-        nn.ReLU(),
-        nn.Conv3d(8, 6, (3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1)),
-    ).eval()
+    net = strided_net()
     stream = convert(net)
     assert stream.temporal_stride == 4
     clip = torch.randn(1, 3, 30, 16, 16, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = net(clip)  # (1, 6, T/4, 8, 8)
     compiled = compile_step(stream)
-    outs, at, _ = _stream(compiled, clip)
-    eager, eager_at, _ = _stream(stream.step, clip)
+    outs, at, _ = stream_outputs(compiled, clip)
+    eager, eager_at, _ = stream_outputs(stream.step, clip)
     assert at == eager_at
     n = len(outs)
     torch.testing.assert_close(torch.stack(outs, dim=2), ref[:, :, :n], rtol=0, atol=ATOL)
@@ -133,12 +108,12 @@ def test_temporal_strides_compile_one_graph_per_phase():
 
 def test_lrcn_compiled_step_matches_offline():
     torch.manual_seed(8)
-    net = _calibrated(LRCN(4, hidden_size=16, num_layers=2), (1, 3, 4, 32, 32))
+    net = calibrate(LRCN(4, hidden_size=16, num_layers=2), (1, 3, 4, 32, 32), reset_linear=False)
     clip = torch.randn(1, 3, 6, 32, 32, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         ref = net.forward_frames(clip)
     compiled = compile_step(convert(net))
-    outs, _, _ = _stream(compiled, clip)
+    outs, _, _ = stream_outputs(compiled, clip)
     torch.testing.assert_close(torch.stack(outs, dim=2), ref, rtol=0, atol=ATOL)
     assert compiled.compilations == 1
 
@@ -149,7 +124,7 @@ def test_weights_are_a_snapshot_until_reset():
     stream = convert(net)
     clip = torch.randn(1, 3, 6, 8, 8, generator=torch.Generator().manual_seed(11))
     compiled = compile_step(stream)
-    _, _, state = _stream(compiled, clip[:, :, :4])
+    _, _, state = stream_outputs(compiled, clip[:, :, :4])
     assert compiled.compilations == 1
     with torch.no_grad():
         stream[0].weight.mul_(2.0)
@@ -158,8 +133,8 @@ def test_weights_are_a_snapshot_until_reset():
         fresh, _ = stream.step(clip[:, :, 4], state)
     assert not torch.allclose(stale, fresh)
     compiled.reset()
-    got, _, _ = _stream(compiled, clip[:, :, 4:], state)
-    want, _, _ = _stream(stream.step, clip[:, :, 4:], state)
+    got, _, _ = stream_outputs(compiled, clip[:, :, 4:], state)
+    want, _, _ = stream_outputs(stream.step, clip[:, :, 4:], state)
     torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=0, atol=ATOL)
 
 
@@ -174,7 +149,7 @@ def test_a_compiler_that_disagrees_is_refused(monkeypatch):
     compiled = compile_step(stream)
     clip = torch.randn(1, 3, 4, 5, 5)
     with pytest.raises(RuntimeError, match="compiled step disagrees"):
-        _stream(compiled, clip)
+        stream_outputs(compiled, clip)
 
 
 def test_training_mode_is_refused():
@@ -194,7 +169,7 @@ def test_a_compiler_that_fails_leaves_the_phase_eager_with_a_warning(monkeypatch
     compiled = compile_step(stream)
     clip = torch.randn(1, 3, 7, 8, 8, generator=torch.Generator().manual_seed(13))
     with pytest.warns(UserWarning, match="runs eagerly .*no C\\+\\+ compiler"):
-        outs, _, _ = _stream(compiled, clip)
-    want, _, _ = _stream(stream.step, clip)
+        outs, _, _ = stream_outputs(compiled, clip)
+    want, _, _ = stream_outputs(stream.step, clip)
     torch.testing.assert_close(torch.stack(outs), torch.stack(want), rtol=0, atol=0)
     assert compiled.compilations == 0

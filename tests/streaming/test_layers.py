@@ -27,18 +27,15 @@ from clplat.streaming import (
     convert,
 )
 from clplat.streaming.models.x3d import TemporalWindowAvg
-from tests.streaming.stepping import MIN_FRAMES, assert_steps_match
+from tests.streaming.stepping import MIN_FRAMES, assert_steps_match, one_thread
 
 ATOL = 1e-5
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Batch-1 steps of tiny nets gain nothing from more threads (and spin-wait on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 CONV_CASES = list(

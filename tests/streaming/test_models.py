@@ -15,31 +15,15 @@ from torch import nn
 
 from clplat.streaming import LRCN, X3DS, StreamModule, convert, x3d_s
 from clplat.streaming.models.torchvision_video import mc3_18, r2plus1d_18, r3d_18
-from tests.streaming.stepping import assert_steps_match, long_clip_frames, step_clip
+from tests.streaming.stepping import assert_steps_match, calibrate, long_clip_frames, one_thread, step_clip
 
 ATOL = 1e-5
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Batch-1 steps of tiny nets gain nothing from more threads (and spin-wait on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _calibrate(model: nn.Module, clip_shape: tuple[int, ...]) -> nn.Module:
-    """Give BatchNorm realistic statistics and the classifier non-tiny weights, then eval()."""
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            m.reset_parameters()
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(*clip_shape))
-    return model.eval()
+    with one_thread():
+        yield
 
 
 def _steps(net: StreamModule, clip: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -60,7 +44,7 @@ def _check(net: StreamModule, clip: torch.Tensor, ref: torch.Tensor) -> torch.Te
     ],
 )
 def test_x3d_steps_match_offline(kwargs):
-    net = _calibrate(X3DS(7, width=16, **kwargs), (2, 3, 8, 32, 32))
+    net = calibrate(X3DS(7, width=16, **kwargs), (2, 3, 8, 32, 32))
     clip = torch.randn(2, 3, 64, 32, 32)
     with torch.no_grad():
         ref = net.forward_frames(clip)
@@ -74,7 +58,7 @@ def test_x3d_steps_match_offline(kwargs):
 
 def test_causal_x3d_last_step_is_the_clip_classifier():
     """Causal convs + a running-mean head: after T frames the stream says what forward(clip) says."""
-    net = _calibrate(X3DS(5, width=16, causal=True), (2, 3, 8, 32, 32))
+    net = calibrate(X3DS(5, width=16, causal=True), (2, 3, 8, 32, 32))
     clip = torch.randn(1, 3, 60, 32, 32)
     out, _ = _steps(convert(net), clip)
     with torch.no_grad():
@@ -84,7 +68,7 @@ def test_causal_x3d_last_step_is_the_clip_classifier():
 
 @pytest.mark.parametrize("backbone", ["small", "resnet10t"])
 def test_lrcn_steps_match_offline(backbone):
-    net = _calibrate(LRCN(6, backbone=backbone, hidden_size=32, num_layers=2), (2, 3, 4, 32, 32))
+    net = calibrate(LRCN(6, backbone=backbone, hidden_size=32, num_layers=2), (2, 3, 4, 32, 32))
     clip = torch.randn(2, 3, 60, 32, 32)
     with torch.no_grad():
         ref = net.forward_frames(clip)
@@ -112,7 +96,7 @@ def _video_resnet_reference(model: nn.Module, clip: torch.Tensor) -> torch.Tenso
 def test_torchvision_video_resnets_step_like_offline(factory, delay, stride):
     """8x8 px keeps 150 frames cheap; the spatial path is the same at any size (the 16 px clip of
     the state-dict tests covers the non-degenerate maps)."""
-    model = _calibrate(factory(num_classes=5), (2, 3, 16, 16, 16))
+    model = calibrate(factory(num_classes=5), (2, 3, 16, 16, 16))
     stream = convert(model)
     assert (stream.delay, stream.temporal_stride) == (delay, stride)
     frames = long_clip_frames(stream, extra_periods=12)  # 150 for the stride-8 nets, 60 for mc3_18
@@ -146,7 +130,7 @@ def test_train_mode_conversion_keeps_batchnorm_and_grad():
 
 @pytest.mark.slow
 def test_real_size_x3d_s_steps_match_offline():
-    net = _calibrate(x3d_s(10, dropout=0.0), (1, 3, 4, 64, 64))
+    net = calibrate(x3d_s(10, dropout=0.0), (1, 3, 4, 64, 64))
     clip = torch.randn(1, 3, 90, 64, 64)
     with torch.no_grad():
         ref = net.forward_frames(clip)
@@ -158,7 +142,7 @@ def test_real_size_x3d_s_steps_match_offline():
 def test_x3d_blocks_take_the_fused_cpu_step_and_match_the_generic_one():
     from clplat.streaming.models.x3d import X3DBlockStream
 
-    net = _calibrate(X3DS(5, width=8, depths=(2, 1, 1, 1)), (1, 3, 4, 32, 32))
+    net = calibrate(X3DS(5, width=8, depths=(2, 1, 1, 1)), (1, 3, 4, 32, 32))
     stream = convert(net)
     blocks = [m for m in stream.modules() if isinstance(m, X3DBlockStream)]
     assert len(blocks) == 5 and all(b._fused_parts() is not None for b in blocks)
