@@ -9,7 +9,7 @@ Any problem becomes a :class:`UserError` naming the key path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -235,6 +235,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config {p}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def load_model_config(model: type[ModelT], path: str | Path | None, overrides: list[str] | None = None,
+                      union_tags: tuple[str, ...] = ()) -> ModelT:
+    """A YAML file (``None``: all defaults) plus ``key.sub=value`` overrides, validated into the
+    pydantic ``model``; a bad file, key or value is one ``UserError`` line. For the configs of the
+    other commands (pretrain, streaming train/predict), which have no cross-section rules here."""
+    raw = load_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_errors(err, union_tags=union_tags)) from None
 
 
 def build_config(raw: dict[str, Any]) -> Config:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from clplat.config import BackboneConfig, DataConfig, apply_overrides, format_validation_errors, load_yaml
+from clplat.config import BackboneConfig, DataConfig, load_model_config
 from clplat.errors import UserError, main_guard
 from clplat.io import atomic_path, atomic_write_text
 
@@ -62,11 +62,7 @@ class PretrainConfig(_Section):
 
 
 def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
-    raw = apply_overrides(load_yaml(path), list(overrides or []))
-    try:
-        return PretrainConfig.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(format_validation_errors(err)) from None
+    return load_model_config(PretrainConfig, path, overrides)
 
 
 @torch.no_grad()

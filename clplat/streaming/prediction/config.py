@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from clplat.config import apply_overrides, format_validation_errors, load_yaml
+from clplat.config import load_model_config
 from clplat.data.bouncing_digits import BouncingDigitsSpec
 from clplat.errors import UserError
 
@@ -78,12 +78,7 @@ class PredictConfig(_Strict):
 
 def load_predict_config(path: str | Path | None, overrides: list[str] | None = None) -> PredictConfig:
     """YAML (``yaml.safe_load``) + ``key.sub=value`` overrides -> a validated config, or UserError."""
-    raw = load_yaml(path) if path is not None else {}
-    raw = apply_overrides(raw, list(overrides or []))
-    try:
-        cfg = PredictConfig.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(format_validation_errors(err)) from None
+    cfg = load_model_config(PredictConfig, path, overrides)
     if cfg.model.kernel_size % 2 == 0:
         raise UserError(f"config: model.kernel_size: must be odd (got {cfg.model.kernel_size})")
     cfg.data.spec()  # validates the data section as a whole

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from clplat.config import apply_overrides, format_validation_errors, load_yaml
+from clplat.config import load_model_config
 from clplat.data.moving_digits import MovingDigitsSpec
 from clplat.errors import UserError
 
@@ -122,11 +122,6 @@ def check_consistency(cfg: TrainConfig) -> None:
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML (``yaml.safe_load``) + ``key.sub=value`` overrides -> a validated config, or UserError."""
-    raw = load_yaml(path) if path is not None else {}
-    raw = apply_overrides(raw, list(overrides or []))
-    try:
-        cfg = TrainConfig.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(format_validation_errors(err, union_tags=ARCH_TAGS)) from None
+    cfg = load_model_config(TrainConfig, path, overrides, union_tags=ARCH_TAGS)
     check_consistency(cfg)
     return cfg
