@@ -137,12 +137,14 @@ class Runner:
         self.threads = args.threads or max(1, _cpus() // args.jobs)
 
     def counted(self) -> int:
-        """Trials that count toward --trials: finished ones plus those running now (anywhere)."""
+        """Trials that count toward --trials: finished ones plus those running now (anywhere).
+        Queued (WAITING) trials do not count: they are the re-queued values of interrupted trials,
+        and ``study.ask()`` hands them out first, so counting them would leave them never run."""
         from optuna.trial import TrialState
 
         n = 0
         for t in self.study.get_trials(deepcopy=False):
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
                 n += 1
             elif t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"):
                 n += 1

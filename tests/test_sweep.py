@@ -293,3 +293,24 @@ def test_watcher_reports_each_new_evaluation_once_from_the_checkpoint(tmp_path: 
     assert w.poll() == [(2, pytest.approx(0.75)), (3, pytest.approx(0.75))]
     (tmp_path / "results.json").write_text('{"metrics": {"A_auc": 0.75}}')
     assert w.final() == 0.75
+
+
+def test_requeued_trials_are_run_not_counted(tmp_path: Path) -> None:
+    """A re-queued (WAITING) trial must not count toward --trials, or a resumed sweep stops
+    with the interrupted values never run again (the bug a loaded CI machine once showed)."""
+    import argparse
+
+    import optuna
+
+    from clplat.sweep import Runner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    done = study.ask()
+    study.tell(done, 0.5)
+    study.enqueue_trial({"optim.lr": 1e-3})
+    args = argparse.Namespace(trials=2, jobs=1, threads=1)
+    runner = Runner(load_sweep(FIX / "tiny_random.yaml"), study, tmp_path, args)
+    assert runner.counted() == 1
+    nxt = runner.next_trial()
+    assert nxt is not None and nxt[0].number == 1  # the queued trial is handed out next
