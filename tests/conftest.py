@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,36 @@ def small_overrides(tmp_path: Path) -> list[str]:
         "online.stream_batch=16", "online.online_iter=2", "online.eval_period=200", "optim.lr=0.005",
         "logging.wandb=disabled", "logging.progress=false", f"logging.runs_dir={tmp_path / 'runs'}",
     ]
+
+
+def checkpoint_cursor(path: Path) -> dict | None:
+    """The cursor of the checkpoint at ``path``; None while it is not (fully) written yet."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)["cursor"]
+    except Exception:  # not written yet
+        return None
+
+
+def signal_when(p, run_dir: Path, ok, timeout: float, sig: int = signal.SIGKILL) -> dict | None:
+    """Wait until the running CLI ``p`` checkpointed a cursor with ``ok(cursor)`` (it must still
+    run then), send it ``sig``; after a SIGKILL also wait for it, check it left no results.json
+    and return the cursor of the checkpoint it left."""
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        cur = checkpoint_cursor(ckpt)
+        if cur is not None and ok(cur):
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, f"run finished before {signal.Signals(sig).name} could be sent"
+    p.send_signal(sig)
+    if sig != signal.SIGKILL:
+        return None
+    p.wait()
+    assert not (run_dir / "results.json").exists()
+    return checkpoint_cursor(ckpt)
 
 
 def run_cli(args: list[str], cwd: Path = REPO, timeout: float = 300, env: dict | None = None):

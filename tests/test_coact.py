@@ -262,32 +262,16 @@ def test_short_coact_run_beats_chance_on_every_session(tmp_path) -> None:
 def test_coact_killed_mid_base_session_resumes_to_identical_metrics(tmp_path) -> None:
     """Teacher EMA, controlled fine-tuning, session-0 copies and prototypes all survive SIGKILL."""
     import json
-    import signal
-    import time
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, signal_when
     from tests.test_engine import _cli_run
 
     over = _digits_overrides(tmp_path, "sessions.base.epochs=3")
     ref = _cli_run([str(REPO / DIGITS), *over, "name=ref"])
     assert ref.wait(timeout=900) == 0, ref.stderr.read()
     run_dir = tmp_path / "runs" / "killed"
-    ckpt = run_dir / "checkpoints" / "last.pt"
     p = _cli_run([str(REPO / DIGITS), *over, "name=killed"])
-    deadline = time.time() + 600
-    cursor = None
-    while time.time() < deadline and p.poll() is None:
-        try:
-            cursor = torch.load(ckpt, weights_only=True)["cursor"]
-        except Exception:  # not written yet
-            cursor = None
-        if cursor is not None and cursor["session"] == 0 and cursor["epoch"] >= 1:
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, "run finished before it could be killed"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not (run_dir / "results.json").exists()
+    signal_when(p, run_dir, lambda c: c["session"] == 0 and c["epoch"] >= 1, timeout=600)
     p = _cli_run(["--resume", str(run_dir)])
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from clplat.errors import UserError
 from clplat.strategies import STRATEGIES
 from clplat.strategies.base import StreamContext
 from clplat.strategies.finetune import Finetune
-from tests.conftest import run_cli
+from tests.conftest import run_cli, signal_when
 
 
 def _raw(tmp_path: Path, **over: Any) -> dict[str, Any]:
@@ -173,13 +172,6 @@ def test_nonfinite_loss_is_a_user_error(tmp_path: Path) -> None:
     assert last.startswith("error: loss became") and "sessions.base.optim.lr" in last
 
 
-def _ckpt_cursor(path: Path) -> dict | None:
-    try:
-        return torch.load(path, weights_only=True)["cursor"]
-    except Exception:  # not written yet
-        return None
-
-
 @pytest.mark.slow
 def test_sigkill_mid_session_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     import yaml
@@ -195,20 +187,9 @@ def test_sigkill_mid_session_and_resume_equals_uninterrupted(tmp_path: Path) -> 
     ref_res = json.loads((tmp_path / "runs" / "ref" / "results.json").read_text())
 
     run_dir = tmp_path / "runs" / "killed"
-    ckpt = run_dir / "checkpoints" / "last.pt"
 
     def kill_when(p, ok) -> dict:
-        deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None:
-            cur = _ckpt_cursor(ckpt)
-            if cur is not None and ok(cur):
-                break
-            time.sleep(0.02)
-        assert p.poll() is None, "run finished before it could be killed"
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        assert not (run_dir / "results.json").exists()
-        return _ckpt_cursor(ckpt)
+        return signal_when(p, run_dir, ok, timeout=300)
 
     # first kill: in the middle of an incremental session (its optimizer state must be restored)
     p = _cli_run([str(tmp_path / "c.yaml"), "name=killed"])
@@ -223,7 +204,7 @@ def test_sigkill_mid_session_and_resume_equals_uninterrupted(tmp_path: Path) -> 
     res = json.loads((run_dir / "results.json").read_text())
     assert res["evals"] == ref_res["evals"] and res["session_acc"] == ref_res["session_acc"]
     # accuracy counts are coarse: the final weights must be bit-identical too
-    mine = torch.load(ckpt, weights_only=True)["strategy"]
+    mine = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["strategy"]
     theirs = torch.load(tmp_path / "runs" / "ref" / "checkpoints" / "last.pt", weights_only=True)["strategy"]
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     proc = res["process"]  # the last process started where the checkpoint was, and did only the rest
@@ -246,14 +227,7 @@ def test_sigterm_stops_at_a_checkpoint_then_resumes(tmp_path: Path) -> None:
     assert ref.wait(timeout=600) == 0
     p = _cli_run([str(tmp_path / "c.yaml"), "name=term"])
     run_dir = tmp_path / "runs" / "term"
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        cur = _ckpt_cursor(run_dir / "checkpoints" / "last.pt")
-        if cur is not None and cur["epoch"] >= 1:
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, "run finished before SIGTERM could be sent"
-    p.send_signal(signal.SIGTERM)
+    signal_when(p, run_dir, lambda c: c["epoch"] >= 1, timeout=300, sig=signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "--resume" in err and not (run_dir / "results.json").exists()
     res = run_cli(["clplat.run", "--resume", str(run_dir)])
