@@ -40,6 +40,16 @@ def test_weights_with_right_keys_and_wrong_shapes(tmp_path: Path, small_override
     res = run_cli(["clplat.run", str(ER), *small_overrides, f"backbone.pretrained_file={weights}"])
     line = _one_error_line(res)  # the run builds an MLP with hidden [64]: same keys, other shapes
     assert str(weights) in line and "shape mismatch" in line and "[32, 64] in file vs [64, 64] in model" in line
+    assert list((tmp_path / "runs").iterdir()) == []  # the failed run left no empty directory
+
+
+@pytest.mark.parametrize("regime", ["online", "sessions"])
+def test_missing_dataset_leaves_no_run_directory(tmp_path: Path, small_overrides: list[str], regime: str) -> None:
+    missing = tmp_path / "no_such_folder"
+    res = run_cli(["clplat.run", str(ER), *small_overrides, "data.dataset=imagefolder", f"data.root={missing}",
+                   f"regime={regime}"])
+    assert str(missing) in _one_error_line(res)
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def _short_run(tmp_path: Path, small_overrides: list[str], name: str) -> Path:

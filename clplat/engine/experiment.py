@@ -24,7 +24,7 @@ from clplat.engine.driver import PlanBatchSampler, StreamCursor, plan_batches
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord, summarize
 from clplat.engine.module import ContinualModule
-from clplat.engine.rundir import new_run_dir, write_config, write_curve_csv, write_results
+from clplat.engine.rundir import dropped_if_empty_on_error, new_run_dir, write_config, write_curve_csv, write_results
 from clplat.engine.wandb_log import WandbRun
 from clplat.errors import UserError
 from clplat.scenarios import build_scenario
@@ -183,9 +183,15 @@ def finalize(exp: Experiment, wall: float) -> dict[str, Any]:
 def run_experiment(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) one experiment; returns the results dict also written to results.json.
     ``results['interrupted']`` is true when a signal stopped it (a checkpoint was written)."""
-    start = time.perf_counter()
     if run_dir is None:
         run_dir = new_run_dir(cfg.logging.runs_dir, cfg.name)
+        with dropped_if_empty_on_error(run_dir):
+            return _run_in(cfg, run_dir, resume)
+    return _run_in(cfg, run_dir, resume)
+
+
+def _run_in(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
+    start = time.perf_counter()
     if cfg.regime == "sessions":
         from clplat.engine.sessions import run_sessions
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,18 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"no free run name under {root}")
+
+
+@contextmanager
+def dropped_if_empty_on_error(run_dir: Path) -> Iterator[Path]:
+    """A run that fails before writing anything (bad data, bad scenario) leaves no empty directory;
+    one that wrote a config or checkpoint keeps it, so it can be inspected or resumed."""
+    try:
+        yield run_dir
+    except BaseException:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
