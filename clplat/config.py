@@ -149,6 +149,16 @@ class Config(BaseModel):
         object.__setattr__(self, "strategy_sections", sections)
         return self
 
+    @model_validator(mode="after")
+    def _regime_fits_scenario(self) -> Config:
+        allowed = type(self.scenario).regimes
+        if self.regime not in allowed:
+            err = PydanticCustomError("regime", f"scenario kind '{self.scenario.kind}' runs only with "
+                                      f"regime {' or '.join(allowed)}, not '{self.regime}'")
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=err, loc=("regime",), input=self.regime)])
+        return self
+
     @property
     def strategy_config(self) -> Any:
         """The typed section of the chosen strategy (defaults when the YAML has none)."""

@@ -53,6 +53,7 @@ def test_override_parsing() -> None:
         ("data: {dataset: nope}\n", [], "data.dataset: unknown dataset 'nope' (known: "),
         ("scenario: {kind: class_incremental, blurry_pct: 5}\n", [], "scenario.blurry_pct: unknown key"),
         ("scenario: {kind: nope}\n", [], "scenario.kind: unknown scenario 'nope'"),
+        ("scenario: {kind: fscil}\n", [], "regime: scenario kind 'fscil' runs only with regime sessions"),
         ("seed: 1\n", ["online.online_iter=0"], "online.online_iter"),
         ("a: [1, 2\n", [], "invalid YAML"),
         ("- 1\n- 2\n", [], "top level must be a mapping"),

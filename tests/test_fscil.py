@@ -231,7 +231,7 @@ def test_scenario_from_index_files(tmp_path):
 
 def write_config(tmp_path, data: str, scenario: str) -> str:
     path = tmp_path / "fscil.yaml"
-    path.write_text(f"name: f\nseed: 3\ndata: {data}\nstrategy: finetune\nscenario: {scenario}\n")
+    path.write_text(f"name: f\nseed: 3\nregime: sessions\ndata: {data}\nstrategy: finetune\nscenario: {scenario}\n")
     return str(path)
 
 

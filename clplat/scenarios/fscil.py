@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -204,6 +204,7 @@ def _resolve(path: Path, no: int, line: str, n_samples: int, lookup: dict[str, i
 
 # --- registration: ``scenario.kind: fscil`` ------------------------------------------------------
 class FSCILConfig(ScenarioConfig):
+    regimes: ClassVar[tuple[str, ...]] = ("sessions",)  # a handful of shots is trained for epochs
     base_classes: int = Field(60, ge=1, description="B: classes of the base session (all their samples)")
     ways: int = Field(5, ge=1, description="N: new classes per incremental session")
     shots: int = Field(5, ge=1, description="K: training samples per new class")

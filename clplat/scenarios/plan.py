@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ class ScenarioConfig(TaggedConfig):
     (a subclass adding its fields) validates the rest; a key that kind lacks is an error."""
 
     tag_field = "kind"
+    # the regimes this kind of scenario makes sense in (few-shot sessions are not an online stream)
+    regimes: ClassVar[tuple[str, ...]] = ("online", "sessions")
 
     kind: str = "si_blurry"
 
