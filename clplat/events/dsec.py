@@ -8,8 +8,9 @@ kept as attributes of ``/events`` when known (DSEC itself does not store them: 6
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,11 +132,14 @@ def ms_to_idx(t_rel: np.ndarray) -> np.ndarray:
     return np.searchsorted(t_rel, np.arange(last_ms + 1, dtype=np.int64) * 1000, side="left").astype(np.uint64)
 
 
-def write_dsec_h5(path: str | Path, events: Events, t_offset: int | None = None) -> Path:
+def write_dsec_h5(
+    path: str | Path, events: Events, t_offset: int | None = None, extra: Callable[[Any], None] | None = None
+) -> Path:
     """Write ``events`` in the DSEC layout, atomically (temporary file, fsync, rename).
 
     ``t_offset`` defaults to the first timestamp, so the stored relative times start at 0; ``t`` is
-    stored as uint32 like DSEC when it fits, int64 otherwise.
+    stored as uint32 like DSEC when it fits, int64 otherwise. ``extra(h5file)`` may add datasets
+    (the scenes' ``/flow``) inside the same atomic write.
     """
     h5py = _h5()
     import hdf5plugin
@@ -157,4 +161,6 @@ def write_dsec_h5(path: str | Path, events: Events, t_offset: int | None = None)
             g.attrs["height"] = int(events.height)
         f.create_dataset("ms_to_idx", data=ms_to_idx(t_rel), **comp)
         f.create_dataset("t_offset", data=np.int64(off))
+        if extra is not None:
+            extra(f)
     return Path(path)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from clplat.events.simulate import SimConfig, simulate
 from clplat.events.types import Events
 
-__all__ = ["Scene", "SceneConfig", "make_scene"]
+__all__ = ["Scene", "SceneConfig", "make_scene", "read_scene_flow", "write_scene_h5"]
 
 MOTIONS = ("translate", "rotate", "zoom")
 
@@ -204,3 +204,42 @@ def make_scene(cfg: SceneConfig | None = None, seed: int = 0, keep_frames: bool 
     if keep_frames:
         boundaries = np.stack([render(layers, h, w, k * bin_us * 1e-6) for k in range(n_bins + 1)]).astype(np.float32)
     return Scene(cfg, seed, events, flow, valid, boundaries, layers)
+
+
+def write_scene_h5(path, scene: Scene):
+    """The scene's events in the DSEC layout plus ``/flow/forward`` [T, 2, H, W] float32 (dx, dy px
+    per bin), ``/flow/valid`` [T, H, W] uint8 and attributes ``bin_us``, ``t0_us`` (absolute start
+    of bin 0), in one atomic write."""
+    import hdf5plugin
+
+    from clplat.events.dsec import write_dsec_h5
+
+    comp = hdf5plugin.Blosc(cname="zstd", clevel=3, shuffle=hdf5plugin.Blosc.SHUFFLE)
+
+    def add_flow(f) -> None:
+        g = f.create_group("flow")
+        h, w = scene.flow.shape[2:]
+        g.create_dataset("forward", data=scene.flow, chunks=(1, 2, h, w), **comp)
+        g.create_dataset("valid", data=scene.valid.astype(np.uint8), chunks=(1, h, w), **comp)
+        g.attrs["bin_us"] = scene.cfg.bin_ms * 1000
+        g.attrs["t0_us"] = 0
+
+    return write_dsec_h5(path, scene.events, extra=add_flow)
+
+
+def read_scene_flow(path) -> dict | None:
+    """``{"flow", "valid", "bin_us", "t0_us"}`` from a file written by :func:`write_scene_h5`;
+    None when the file has no ``/flow`` group (a plain recording)."""
+    from clplat.events.dsec import _h5
+
+    try:
+        with _h5().File(str(path), "r") as f:
+            if "flow" not in f:
+                return None
+            g = f["flow"]
+            return {"flow": g["forward"][:], "valid": g["valid"][:].astype(bool),
+                    "bin_us": int(g.attrs["bin_us"]), "t0_us": int(g.attrs["t0_us"])}
+    except (OSError, KeyError) as err:
+        from clplat.errors import UserError
+
+        raise UserError(f"{path}: unreadable ground-truth flow ({err})") from None
