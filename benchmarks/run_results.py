@@ -59,6 +59,17 @@ METHODS: dict[str, tuple[str, list[str], str]] = {
     "mvp_no_afs": ("si_blurry_mvp.yaml", ["mvp.use_afs=false"], "MVP − AFS"),
     "mvp_no_gsf": ("si_blurry_mvp.yaml", ["mvp.use_gsf=false"], "MVP − GSF"),
 }
+# digits only: three Avalanche 0.6 strategies (issue 15) on the same frozen ViT + linear head as ER,
+# ER-ACE with the same 50-sample memory as ER and MVP-R
+AVALANCHE_METHODS: dict[str, tuple[str, list[str], str]] = {
+    "av_ewc": ("si_blurry_er_vit.yaml", ["strategy=avalanche", "avalanche.name=EWC"],
+               "Avalanche EWC (head only, λ 100, online)"),
+    "av_lwf": ("si_blurry_er_vit.yaml", ["strategy=avalanche", "avalanche.name=LwF"],
+               "Avalanche LwF (head only, α 1, T 2)"),
+    "av_er_ace": ("si_blurry_er_vit.yaml", ["strategy=avalanche", "avalanche.name=ER_ACE",
+                                            f"avalanche.kwargs={{mem_size: {DIGITS_MEMORY}, batch_size_mem: 16}}"],
+                  f"Avalanche ER-ACE (head only, memory {DIGITS_MEMORY})"),
+}
 # FSCIL (``--table fscil``): every method on the same glyph FSCIL sessions (same seed = same sessions)
 FSCIL_COACT = "fscil_coact.yaml"
 FSCIL_METHODS: dict[str, tuple[str, list[str], str]] = {
@@ -90,11 +101,12 @@ def fscil_value(run: dict, metric: str) -> float:
 
 
 def _methods(table: str) -> dict[str, tuple[str, list[str], str]]:
-    return FSCIL_METHODS if table == "fscil" else METHODS
+    return FSCIL_METHODS if table == "fscil" else {**METHODS, **AVALANCHE_METHODS} if table == "digits" else METHODS
 
 
 # (method, reference): the difference method − reference is taken seed by seed
-PAIRS = [("mvp", "finetune"), ("mvp", "l2p"), ("mvp", "dualprompt"), ("mvp_r", "er"),
+PAIRS = [("mvp", "finetune"), ("mvp", "l2p"), ("mvp", "dualprompt"), ("mvp_r", "er"), ("av_er_ace", "er"),
+         ("av_ewc", "finetune"), ("av_lwf", "finetune"),
          ("mvp_no_mask", "mvp"), ("mvp_no_cvpt", "mvp"), ("mvp_no_afs", "mvp"), ("mvp_no_gsf", "mvp")]
 
 
@@ -199,7 +211,7 @@ def _ms(v: np.ndarray) -> str:
 
 def _title(method: str, runs: list[dict]) -> str:
     mem = _memory(runs[0]["config"]) if runs else None
-    return METHODS[method][2].format(mem=mem)
+    return {**METHODS, **AVALANCHE_METHODS}[method][2].format(mem=mem)
 
 
 def summary_table(results: dict[str, list[dict]]) -> str:
@@ -395,7 +407,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", choices=["headline", "digits", "fscil"], default="headline")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    p.add_argument("--only", nargs="+", choices=sorted(set(METHODS) | set(FSCIL_METHODS)),
+    p.add_argument("--only", nargs="+", choices=sorted(set(METHODS) | set(AVALANCHE_METHODS) | set(FSCIL_METHODS)),
                    help="methods, in this order (default: all of the table's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed-major", action="store_true", help="run seed 1 of every method first, then seed 2, ...")

@@ -48,6 +48,7 @@ class CheckpointedRun:
     generator: torch.Generator
     _pending_rng: dict[str, Any] | None
     cursor: Any  # with ``finished``
+    strategy: Any  # a ``Strategy``
     wandb: Any  # a ``WandbRun`` or None
 
     def state_dict(self) -> dict[str, Any]:
@@ -63,7 +64,9 @@ class CheckpointedRun:
             atomic_save(self.state_dict(), self.run_dir / CHECKPOINT)
 
     def resume_from(self, run_dir: Path) -> None:
-        """Load ``run_dir``'s last checkpoint; resuming a finished run is a ``UserError``."""
+        """Load ``run_dir``'s last checkpoint; resuming a finished run, or a run of a strategy that
+        cannot be resumed, is a ``UserError``."""
+        self.strategy.check_resumable()
         restore(self, run_dir / CHECKPOINT)
         if self.cursor.finished:
             raise UserError(f"{run_dir} is already complete (results in {run_dir / 'results.json'})")

@@ -180,6 +180,10 @@ class AvalancheStrategy(Strategy):
     def predict(self, x: Tensor, ctx: StreamContext) -> Tensor:
         return self.net(x)
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+    def head_features(self, x: Tensor, ctx: StreamContext | None = None) -> Tensor:
+        """What the linear head reads (benchmarks/run_results.py probes it with class means)."""
+        return self.net[0](x)
+
+    def check_resumable(self) -> None:
         raise UserError(f"a run of strategy avalanche ({self.cfg.name}) cannot be resumed: Avalanche's "
                         "buffers and regularizer state are not checkpointed; start it again")

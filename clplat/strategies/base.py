@@ -101,6 +101,10 @@ class Strategy(nn.Module):
         return self.predict(x, ctx)
 
     # --- optional hooks -----------------------------------------------------------------------
+    def check_resumable(self) -> None:
+        """Called before ``--resume`` loads a checkpoint: a strategy whose state is not all in
+        ``state_dict`` raises a ``UserError`` here (loading its weights for evaluation still works)."""
+
     def on_stream_batch(self, x: Tensor, y_orig: Tensor, ctx: StreamContext) -> None:
         """Called once per incoming stream batch after its ``online_iter`` updates (raw, un-augmented
         inputs and original class ids), e.g. to update a replay memory."""
