@@ -1,5 +1,6 @@
-"""Prophesee files through ``expelliarmus``: ``.raw`` EVT2 (32-bit words), ``.raw`` EVT3 (16-bit
-stateful words) and ``.dat`` (8-byte records), all after an ASCII header of ``%`` lines.
+"""Prophesee files: ``.raw`` EVT2 (32-bit words) and ``.dat`` (8-byte records) through
+``expelliarmus``; ``.raw`` EVT3 (16-bit stateful words) through our own decoder (``evt3.py`` says
+why). All start with an ASCII header of ``%`` lines.
 
 The header gives the sensor size (``% geometry WxH``, ``% format EVT3;height=H;width=W`` or the
 ``.dat`` ``% Width`` / ``% Height`` lines). A body whose length is not a whole number of words is
@@ -64,6 +65,11 @@ def prophesee_chunks(path: Path, fmt: str) -> Iterator[Events]:
     header, offset = read_header(path)
     w, h = sensor_size(header)
     _check_body(path, fmt, offset)
+    if fmt == "evt3":
+        from clplat.events.evt3 import evt3_chunks
+
+        yield from evt3_chunks(path, offset, w, h)
+        return
     wizard = Wizard(encoding=fmt, fpath=path, chunk_size=CHUNK_EVENTS)
     try:
         for arr in wizard.read_chunk():
