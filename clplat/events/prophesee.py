@@ -1,6 +1,7 @@
-"""Prophesee files: ``.raw`` EVT2 (32-bit words) and ``.dat`` (8-byte records) through
-``expelliarmus``; ``.raw`` EVT3 (16-bit stateful words) through our own decoder (``evt3.py`` says
-why). All start with an ASCII header of ``%`` lines.
+"""Prophesee files: ``.raw`` EVT2 (32-bit words) through ``expelliarmus``; ``.raw`` EVT3 (16-bit
+stateful words, ``evt3.py``) and ``.dat`` (8-byte records, ``dat_chunks``) through our own numpy
+decoders, because expelliarmus 1.1.12 decodes both wrongly in cases real files hit (see each
+docstring). All start with an ASCII header of ``%`` lines.
 
 The header gives the sensor size (``% geometry WxH``, ``% format EVT3;height=H;width=W`` or the
 ``.dat`` ``% Width`` / ``% Height`` lines). A body whose length is not a whole number of words is
@@ -70,6 +71,9 @@ def prophesee_chunks(path: Path, fmt: str) -> Iterator[Events]:
 
         yield from evt3_chunks(path, offset, w, h)
         return
+    if fmt == "dat":
+        yield from dat_chunks(path, offset + 2, w, h)
+        return
     wizard = Wizard(encoding=fmt, fpath=path, chunk_size=CHUNK_EVENTS)
     try:
         for arr in wizard.read_chunk():
@@ -80,6 +84,24 @@ def prophesee_chunks(path: Path, fmt: str) -> Iterator[Events]:
             yield Events(arr["x"], arr["y"], arr["t"], arr["p"], w, h)
     except (RuntimeError, OSError, ValueError) as err:
         raise UserError(f"{path}: cannot decode as {fmt} ({err})") from None
+
+
+def dat_chunks(path: Path, offset: int, w: int | None, h: int | None) -> Iterator[Events]:
+    """``.dat`` records read through a memory map, CHUNK_EVENTS at a time. The u32 time wraps after
+    2^32 µs: a drop of more than 2^31 is taken as a wrap, any smaller drop is left in place so
+    validation reports it (expelliarmus 1.1.12 turns every drop into a wrap and hides the error)."""
+    rec = np.memmap(path, dtype=[("t", "<u4"), ("w", "<u4")], mode="r", offset=offset)
+    wraps, prev = 0, None
+    for i in range(0, len(rec), CHUNK_EVENTS):
+        part = np.asarray(rec[i : i + CHUNK_EVENTS])
+        t = part["t"].astype(np.int64)
+        before = np.concatenate([[t[0] if prev is None else prev], t[:-1]])
+        drops = np.cumsum(before - t > 2**31)
+        prev = int(t[-1])
+        t += (wraps + drops) << 32
+        wraps += int(drops[-1])
+        word = part["w"]
+        yield Events(word & 0x3FFF, (word >> 14) & 0x3FFF, t, (word >> 28) & 1, w, h)
 
 
 def read_prophesee_whole(path: Path, fmt: str) -> np.ndarray:

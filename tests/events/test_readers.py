@@ -91,7 +91,7 @@ CASES = {
     "evt3_bytes": (write_evt3, "ev.raw", "evt3", True, 5_000_000, 9000),  # crosses the 24-bit wrap
     # its encoder writes no TIME_HIGH words, so a gap of 4096 µs or more is lost: keep gaps small
     "evt3_expelliarmus": (_expelliarmus("evt3"), "ev.raw", "evt3", False, 0, 300),
-    "dat_bytes": (write_dat, "ev.dat", "dat", True, 0, 900),
+    "dat_bytes": (write_dat, "ev.dat", "dat", True, 2**32 - 500_000, 900),  # crosses the u32 wrap
     "dat_expelliarmus": (_expelliarmus("dat"), "ev.dat", "dat", False, 0, 900),
     "npz": (_npz, "ev.npz", "npz", True, 123_456_789, 900),
     "text": (write_text, "ev.txt", "text", True, 12_000_000, 900),
