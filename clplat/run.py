@@ -42,6 +42,10 @@ def print_summary(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if results.get("task") == "video":  # PFNR-style runs: PSNR/MS-SSIM per video, not accuracy
+        from clplat.pfnr.report import print_video_summary
+
+        return print_video_summary(results)
     if results.get("regime") == "sessions":
         return print_session_summary(results)
     table = Table(title=f"{results['name']} — {results['strategy']} (seed {results['seed']})")

@@ -401,6 +401,18 @@ class SessionExperiment(CheckpointedRun):
             for sig, handler in old.items():
                 signal.signal(sig, handler)
 
+    def write_outputs(self, run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
+        """Plots and CSVs beside results.json; returns the plots W&B gets."""
+        from clplat.engine.plots import plot_sessions
+        from clplat.engine.rundir import write_curve_csv
+        from clplat.engine.session_metrics import write_session_csv
+
+        plot = run_dir / "session_accuracy.png"
+        plot_sessions(plot, results, f"{self.cfg.name} ({self.cfg.strategy})")
+        write_curve_csv(run_dir, results["evals"])
+        write_session_csv(run_dir, results)
+        return {"sessions": plot}
+
     def results(self) -> dict[str, Any]:
         records = [r.to_dict() for r in self.records]
         m = session_metrics(records, self.session_classes)
@@ -415,14 +427,20 @@ class SessionExperiment(CheckpointedRun):
         }
 
 
+def experiment_class(cfg: Config) -> type[SessionExperiment]:
+    """A strategy whose task is not classification names its own experiment with a classmethod
+    ``session_experiment()`` (PFNR: video decoding metrics instead of class accuracy); others get
+    :class:`SessionExperiment`."""
+    hook = getattr(STRATEGIES.get(cfg.strategy), "session_experiment", None)
+    return hook() if hook is not None else SessionExperiment
+
+
 def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     """Run or resume a sessions run in ``run_dir``; returns what results.json holds."""
-    from clplat.engine.plots import plot_sessions
-    from clplat.engine.rundir import write_config, write_curve_csv, write_results
-    from clplat.engine.session_metrics import write_session_csv
+    from clplat.engine.rundir import write_config, write_results
 
     start = time.perf_counter()
-    exp = SessionExperiment(cfg, run_dir)
+    exp = experiment_class(cfg)(cfg, run_dir)
     if resume:
         exp.resume_from(run_dir)
     else:
@@ -445,12 +463,9 @@ def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     results = exp.results()
     results["wall_time_s"] = round(time.perf_counter() - start, 3)
     results["process"] = process
-    plot = run_dir / "session_accuracy.png"
-    plot_sessions(plot, results, f"{cfg.name} ({cfg.strategy})")
-    write_curve_csv(run_dir, results["evals"])
-    write_session_csv(run_dir, results)
+    plots = exp.write_outputs(run_dir, results)
     write_results(run_dir, results)
     if exp.wandb is not None:
-        exp.wandb.finish({f"final/{k}": v for k, v in results["metrics"].items()}, {"sessions": plot})
+        exp.wandb.finish({f"final/{k}": v for k, v in results["metrics"].items()}, plots)
     results["run_dir"] = str(run_dir)
     return results
