@@ -39,8 +39,8 @@ def test_decreasing_timestamps(tmp_path, fmt):
     if fmt == "npz":
         np.savez(path, x=ev.x, y=ev.y, t=ev.t, p=ev.p)
     elif fmt == "dsec":
-        import hdf5plugin  # noqa: F401
         import h5py
+        import hdf5plugin  # noqa: F401
 
         with h5py.File(path, "w") as f:
             for k in "xytp":
@@ -82,7 +82,8 @@ def test_coordinates_outside_the_sensor(tmp_path, fmt):
     assert "event 17" in msg and f"x={W}" in msg
 
 
-@pytest.mark.parametrize("name,writer,cut", [("a.raw", write_evt3, 1), ("a.raw", write_evt2, 3), ("a.dat", write_dat, 5)])
+@pytest.mark.parametrize("name,writer,cut",
+                         [("a.raw", write_evt3, 1), ("a.raw", write_evt2, 3), ("a.dat", write_dat, 5)])
 def test_truncated_prophesee(tmp_path, name, writer, cut):
     path = tmp_path / name
     writer(path, random_events(100, W, H, seed=3))
