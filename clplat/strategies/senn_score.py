@@ -1,0 +1,321 @@
+"""SENN's natural expansion score for an ``ExpandableCNN``: layer-local Kronecker-factored
+curvature kept as running averages over training batches, scores computed on a separate batch.
+
+Notation (spec pfnr_senn.md B1/B3). For a layer with inputs ``a`` (unfolded 3x3 patches of a conv's
+input, KFC: every spatial position is a sample; the pooled vector for the projection) and output
+gradients ``delta`` (per-sample loss gradients at each position):
+
+* ``A = E[a a^T]``, ``G = E[delta delta^T] / nu^2`` with ``nu^2 = E_n ||dl_n/dlogits_n||^2`` of the same
+  batch (SENN's normalisation by the output gradient), both running averages (``CurvatureTracker``);
+* on the decision batch: ``M = E[delta a^T]`` (the layer's gradient / T), the residual
+  ``r = delta - M A^-1 a`` (what existing inputs cannot explain), candidate features ``f``
+  (new channels' outputs as the layer would read them), ``A_f = E[f f^T]``, ``C = E[f r^T]``;
+* ``eta_layer = T tr(M A^-1 M^T G^-1)``, the width gain ``d_eta = T tr(C^T A_f^-1 C G^-1)``
+  (``T`` positions; KFC's F = T A (x) G), and the depth gain of an identity layer inserted after a
+  block: its gradient's natural norm with that block output's own factors.
+
+Both factors get Tikhonov damping relative to their mean diagonal (``damping_a``, ``damping_g``).
+All linear algebra is float64 (the matrices are at most a few hundred wide).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clplat.backbones.expandable_cnn import ConvBlock, ExpandableCNN
+
+
+# --- the formula -----------------------------------------------------------------------------------
+def damped(M: Tensor, rel: float) -> Tensor:
+    """``M + rel * mean(diag M) * I`` (batched)."""
+    d = M.shape[-1]
+    lam = (rel * M.diagonal(dim1=-2, dim2=-1).mean(-1)).clamp_min(1e-30)
+    return M + lam[..., None, None] * torch.eye(d, dtype=M.dtype, device=M.device)
+
+
+def trace_score(C: Tensor, A: Tensor, G: Tensor, damping_a: float, damping_g: float) -> Tensor:
+    """``tr(C^T A^-1 C G^-1)`` for ``C`` (..., d, o), ``A`` (..., d, d), ``G`` (o, o), damped."""
+    C, A, G = C.double(), A.double(), G.double()
+    X = torch.linalg.solve(damped(A, damping_a), C)  # A^-1 C
+    Y = torch.linalg.solve(damped(G, damping_g), C.transpose(-1, -2))  # G^-1 C^T
+    return (X * Y.transpose(-1, -2)).sum((-1, -2))
+
+
+def patches(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C*9, H*W) unfolded 3x3 patches (channel-major), (N, C) -> (N, C, 1)."""
+    return F.unfold(x, 3, padding=1) if x.dim() == 4 else x[:, :, None]
+
+
+def positions(t: Tensor) -> Tensor:
+    """(N, O, H, W) or (N, O) -> (N, O, L)."""
+    return t.flatten(2) if t.dim() == 4 else t[:, :, None]
+
+
+def layer_gradient(a: Tensor, delta: Tensor) -> Tensor:
+    """``M = E[delta a^T]`` over samples and positions: (O, D)."""
+    n, _, L = a.shape
+    return torch.einsum("nol,ndl->od", delta.double(), a.double()) / (n * L)
+
+
+def layer_score(a: Tensor, delta: Tensor, A: Tensor, G: Tensor, damping_a: float, damping_g: float) -> Tensor:
+    """``eta = T tr(M A^-1 M^T G^-1)``: the natural-gradient score of the layer's own weights."""
+    M = layer_gradient(a, delta)
+    return a.shape[2] * trace_score(M.T, A, G, damping_a, damping_g)
+
+
+def width_gain(a: Tensor, delta: Tensor, f: Tensor, group: int, A: Tensor, G: Tensor,
+               damping_a: float, damping_g: float) -> Tensor:
+    """``d_eta' = T tr(C^T A_f^-1 C G^-1)`` of each candidate: ``f`` (N, P*group, L) holds P
+    candidates of ``group`` input rows each (9 per new conv channel, 1 per new projection input)."""
+    n, _, L = a.shape
+    a, delta, f = a.double(), delta.double(), f.double()
+    M = layer_gradient(a, delta)
+    K = torch.linalg.solve(damped(A.double(), damping_a), M.T).T  # M A^-1
+    r = delta - torch.einsum("od,ndl->nol", K, a)
+    ff = f.reshape(n, -1, group, L)
+    C = torch.einsum("npgl,nol->pgo", ff, r) / (n * L)
+    Af = torch.einsum("npgl,nphl->pgh", ff, ff) / (n * L)
+    return L * trace_score(C, Af, G, damping_a, damping_g)
+
+
+# --- running factors -------------------------------------------------------------------------------
+@dataclass
+class DecisionRecord:
+    """What one decision pass saw (subset of the batch, per-sample gradients)."""
+
+    x_in: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+    y: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+    dy: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+    dz: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+    dproj: Tensor | None = None
+    nu2: float = 0.0
+
+
+class CurvatureTracker:
+    """Forward/backward hooks on an ``ExpandableCNN`` that keep the running factors in buffers of
+    ``store`` (so the strategy's ``state_dict`` checkpoints them), named ``out_s_b_{A,G}`` (block
+    output), ``conv_s_b_{A,G}`` (conv input patches after a pool / conv output) and ``proj_{A,G}``.
+
+    ``mode``: None (hooks idle: evaluation), ``"ema"`` (update the factors from this batch),
+    ``"decision"`` (record the decision batch in ``record``). ``nu2`` is set by the strategy's
+    logits hook before the layers' gradient hooks fire (backward runs in reverse)."""
+
+    def __init__(self, net: ExpandableCNN, store: nn.Module, decay: float, max_positions: int) -> None:
+        self.net, self.store, self.decay, self.max_positions = net, store, decay, max_positions
+        self.mode: str | None = None
+        self.nu2 = 1.0
+        self.n_batch = self.n_sub = 1
+        self.record = DecisionRecord()
+        self.handles: list = []
+        self.attach()
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def attach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        for s, b, blk in self.net.blocks():
+            self.handles.append(blk.conv.register_forward_hook(self._conv_hook(s, b)))
+            self.handles.append(blk.register_forward_hook(self._block_hook(s, b)))
+        self.handles.append(self.net.proj.register_forward_hook(self._proj_hook))
+
+    def start(self, mode: str | None, x: Tensor) -> None:
+        """Before a forward pass on batch ``x``: the same leading images of it feed every factor
+        (as many as ``max_positions`` input positions allow)."""
+        self.mode, self.n_batch = mode, x.shape[0]
+        self.n_sub = max(1, min(x.shape[0], self.max_positions // max(1, x[0, 0].numel())))
+
+    def _subset(self, t: Tensor) -> Tensor:
+        return t[: self.n_sub]
+
+    def _grad_hook(self, name: str, key: tuple[int, int] | None, kind: str) -> Callable[[Tensor], None]:
+        def hook(g: Tensor) -> None:
+            g = self._subset(g.detach()) * self.n_batch  # per-sample loss gradients
+            if self.mode == "ema":
+                d = positions(g)
+                self.update(f"{name}_G", torch.einsum("nol,npl->op", d, d) / (d.shape[0] * d.shape[2]) / self.nu2)
+            elif self.mode == "decision":
+                if kind == "proj":
+                    self.record.dproj = g
+                else:
+                    getattr(self.record, kind)[key] = g
+        return hook
+
+    def _conv_hook(self, s: int, b: int) -> Callable:
+        def hook(module: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+            if self.mode is None or not out.requires_grad:
+                return
+            if self.mode == "ema" and s > 0 and b == 0:  # a stage's first conv reads pooled input
+                self.update_A(f"conv_{s}_{b}_A", self._subset(inp[0].detach()))
+            if self.mode == "decision":
+                self.record.x_in[(s, b)] = self._subset(inp[0].detach())
+            if (s, b) != (0, 0):
+                out.register_hook(self._grad_hook(f"conv_{s}_{b}", (s, b), "dz"))
+        return hook
+
+    def _block_hook(self, s: int, b: int) -> Callable:
+        def hook(module: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+            if self.mode is None or not out.requires_grad:
+                return
+            if self.mode == "ema":
+                self.update_A(f"out_{s}_{b}_A", self._subset(out.detach()))
+            else:
+                self.record.y[(s, b)] = self._subset(out.detach())
+            out.register_hook(self._grad_hook(f"out_{s}_{b}", (s, b), "dy"))
+        return hook
+
+    def _proj_hook(self, module: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        if self.mode is None or not out.requires_grad:
+            return
+        if self.mode == "ema":
+            self.update_A("proj_A", self._subset(inp[0].detach()))
+        out.register_hook(self._grad_hook("proj", None, "proj"))
+
+    # --- factors ----------------------------------------------------------------------------------
+    def update_A(self, name: str, x: Tensor) -> None:
+        a = patches(x)
+        self.update(name, torch.einsum("ndl,nel->de", a, a) / (a.shape[0] * a.shape[2]))
+
+    def update(self, name: str, value: Tensor) -> None:
+        old = getattr(self.store, name, None)
+        if old is None or old.shape != value.shape:
+            self.store.register_buffer(name, value.detach().clone())
+        else:
+            old.mul_(self.decay).add_(value.detach(), alpha=1 - self.decay)
+
+    def get(self, name: str) -> Tensor | None:
+        return getattr(self.store, name, None)
+
+    def drop(self, *names: str) -> None:
+        for n in names:
+            if n in self.store._buffers:
+                del self.store._buffers[n]
+
+    def consumer_factors(self, s: int, b: int) -> tuple[Tensor | None, Tensor | None]:
+        """(A, G) of the layer that reads block (s, b)'s output."""
+        net = self.net
+        if b + 1 < len(net.stages[s]):
+            return self.get(f"out_{s}_{b}_A"), self.get(f"conv_{s}_{b + 1}_G")
+        if s + 1 < len(net.stages):
+            return self.get(f"conv_{s + 1}_0_A"), self.get(f"conv_{s + 1}_0_G")
+        return self.get("proj_A"), self.get("proj_G")
+
+    # --- growth bookkeeping -----------------------------------------------------------------------
+    def on_widen(self, s: int, b: int) -> None:
+        """Factors whose size changed restart (they refill during the cooldown)."""
+        self.drop(f"out_{s}_{b}_A", f"out_{s}_{b}_G", f"conv_{s}_{b}_G")
+        if b + 1 == len(self.net.stages[s]):
+            self.drop(f"conv_{s + 1}_0_A" if s + 1 < len(self.net.stages) else "proj_A")
+        self.attach()
+
+    def on_insert(self, s: int, b: int) -> None:
+        """An identity block now sits at (s, b + 1): later blocks' factors move one place; the new
+        block's output equals block (s, b)'s, so its factors start as copies of those."""
+        n = len(self.net.stages[s])  # already includes the new block
+        for j in range(n - 1, b + 1, -1):
+            for kind in ("out", "conv"):
+                for f in ("A", "G"):
+                    src = self.get(f"{kind}_{s}_{j - 1}_{f}")
+                    self.drop(f"{kind}_{s}_{j}_{f}")
+                    if src is not None:
+                        self.store.register_buffer(f"{kind}_{s}_{j}_{f}", src)
+                        self.drop(f"{kind}_{s}_{j - 1}_{f}")
+        for f in ("A", "G"):
+            src = self.get(f"out_{s}_{b}_{f}")
+            if src is not None:
+                self.store.register_buffer(f"out_{s}_{b + 1}_{f}", src.clone())
+        g = self.get(f"out_{s}_{b}_G")
+        if g is not None:
+            self.store.register_buffer(f"conv_{s}_{b + 1}_G", g.clone())
+        self.attach()
+
+
+def consumer_input(net: ExpandableCNN, s: int, b: int, y: Tensor) -> Tensor:
+    """Block (s, b)'s output as its consumer reads it (pooled after a stage's last block)."""
+    return y if b + 1 < len(net.stages[s]) else net.stage_output(s, y)
+
+
+def candidate_features(blk: ConvBlock, x: Tensor, V: Tensor) -> Tensor:
+    """New channels' block outputs for proposal fan-in weights ``V`` (P, Cin, 3, 3): new BatchNorm
+    channels normalise with the batch's statistics (train mode, gamma=1, beta=0); an identity
+    block's new channels use PReLU slope 0.25."""
+    z = F.conv2d(x, V, padding=1)
+    if blk.kind == "base":
+        z = F.batch_norm(z, None, None, training=True, eps=blk.bn.eps)
+        return blk.act(z)
+    return F.prelu(z, torch.full((V.shape[0],), 0.25, dtype=z.dtype, device=z.device))
+
+
+# --- candidates -------------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One possible growth step and its score on the decision batch."""
+
+    kind: str  # "width" | "depth"
+    stage: int
+    block: int
+    gain: float  # d_eta'
+    eta: float  # eta of the layer reading the grown place (the reference of the ratio)
+    params: int  # parameters it adds
+    fan_in: Tensor | None = None  # width: the chosen proposals' input weights
+    recorded: float | None = None  # the score an event records, where not ``ratio`` (secnn)
+
+    def ratio(self, depth_cost: float) -> float:
+        return (self.gain / (depth_cost if self.kind == "depth" else 1.0)) / max(self.eta, 1e-30)
+
+
+def width_params(net: ExpandableCNN, s: int, b: int, k: int) -> int:
+    blk, nxt = net.stages[s][b], net.consumer(s, b)
+    own = k * blk.conv.in_channels * 9 + (2 * k if blk.kind == "base" else k)
+    return own + (nxt.out_channels * k * 9 if isinstance(nxt, nn.Conv2d) else nxt.out_features * k)
+
+
+def depth_params(net: ExpandableCNN, s: int, b: int) -> int:
+    c = net.stages[s][b].conv.out_channels
+    return c * c * 9 + c
+
+
+def consumer_gradient(net: ExpandableCNN, rec: DecisionRecord, s: int, b: int) -> Tensor | None:
+    """Per-sample output gradients of the layer reading block (s, b)'s output, (N, O, L)."""
+    if b + 1 < len(net.stages[s]):
+        g = rec.dz.get((s, b + 1))
+    elif s + 1 < len(net.stages):
+        g = rec.dz.get((s + 1, 0))
+    else:
+        g = rec.dproj
+    return None if g is None else positions(g)
+
+
+def score_block(net: ExpandableCNN, tracker: CurvatureTracker, s: int, b: int, k: int, n_proposals: int,
+                generator: torch.Generator, damping: tuple[float, float]) -> list[Candidate]:
+    """Width (``k`` channels, the best of ``n_proposals`` random fan-ins, scored jointly) and depth
+    (identity block after it) candidates at block (s, b); none where a factor is not ready."""
+    rec, out = tracker.record, []
+    A, G = tracker.consumer_factors(s, b)
+    delta, y = consumer_gradient(net, rec, s, b), rec.y.get((s, b))
+    if A is None or G is None or delta is None or y is None:
+        return out
+    a = patches(consumer_input(net, s, b, y))
+    if a.shape[1] != A.shape[0] or delta.shape[1] != G.shape[0]:
+        return out
+    eta = float(layer_score(a, delta, A, G, *damping))
+    blk, x = net.stages[s][b], rec.x_in[(s, b)]
+    cin = blk.conv.in_channels
+    V = (torch.randn((n_proposals, cin, 3, 3), generator=generator) * (2.0 / (cin * 9)) ** 0.5).to(x)
+    f = patches(consumer_input(net, s, b, candidate_features(blk, x, V)))
+    group = f.shape[1] // n_proposals
+    each = width_gain(a, delta, f, group, A, G, *damping)
+    best = torch.argsort(each, descending=True, stable=True)[:k]
+    rows = (best[:, None] * group + torch.arange(group, device=best.device)).flatten().to(f.device)
+    joint = float(width_gain(a, delta, f[:, rows], group * len(best), A, G, *damping)[0])
+    out.append(Candidate("width", s, b, joint, eta, width_params(net, s, b, len(best)), V[best.to(V.device)]))
+    Ay, Gy, dy = tracker.get(f"out_{s}_{b}_A"), tracker.get(f"out_{s}_{b}_G"), rec.dy.get((s, b))
+    if Ay is not None and Gy is not None and dy is not None:
+        gain = float(layer_score(patches(y), positions(dy), Ay, Gy, *damping))
+        out.append(Candidate("depth", s, b, gain, eta, depth_params(net, s, b)))
+    return out
