@@ -10,6 +10,7 @@ from clplat.kernels.conv_epilogue import (
     conv_epilogue_reference,
     conv_epilogue_triton,
 )
+from clplat.kernels.ssm_step import ssm_step, ssm_step_reference, ssm_step_triton
 
 __all__ = [
     "ACTIVATIONS",
@@ -18,6 +19,9 @@ __all__ = [
     "conv_epilogue_reference",
     "conv_epilogue_triton",
     "is_tracing",
+    "ssm_step",
+    "ssm_step_reference",
+    "ssm_step_triton",
     "tracing",
     "triton_forced",
 ]

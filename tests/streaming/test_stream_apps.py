@@ -208,3 +208,15 @@ def test_cuda_requests_without_cuda_are_one_line(capsys: pytest.CaptureFixture) 
         assert main(["--max-frames", "2", *args]) == 2
         err = _one_line(capsys)
         assert "CUDA is not available" in err or "--cuda-graph needs --device cuda" in err
+
+
+def test_ssm_step_is_public_and_is_a_complex_multiply_add() -> None:
+    """``clplat.kernels.ssm_step`` (the dispatcher ConvS5 steps with) against complex arithmetic."""
+    from clplat.kernels import ssm_step
+
+    g = torch.Generator().manual_seed(0)
+    x, bu = torch.randn(2, 6, 3, 5, generator=g), torch.randn(2, 6, 3, 5, generator=g)
+    a = torch.complex(torch.rand(3, generator=g), torch.randn(3, generator=g))
+    got = ssm_step(x, bu, a.real.contiguous(), a.imag.contiguous())
+    z = torch.complex(x[:, :3], x[:, 3:]) * a.view(1, 3, 1, 1) + torch.complex(bu[:, :3], bu[:, 3:])
+    torch.testing.assert_close(got, torch.cat([z.real, z.imag], dim=1))
