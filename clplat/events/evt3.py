@@ -27,7 +27,7 @@ CHUNK_WORDS = 1 << 22
 
 @dataclass
 class _State:
-    high: int = 0  # absolute TIME_HIGH (wraps folded in), units of 4096 µs
+    high: int = 0  # absolute TIME_HIGH (24-bit wraps folded in), units of 4096 µs
     raw_high: int = 0
     low: int = 0
     y: int = 0
@@ -38,78 +38,94 @@ class _State:
     carries_at_high: int = 0  # ... as counted at the last TIME_HIGH
 
 
-def _ffill(mask: np.ndarray, values: np.ndarray, initial: int) -> np.ndarray:
-    """Per word: the value of the latest word where ``mask`` holds (``initial`` before the first)."""
-    idx = np.where(mask, np.arange(len(mask)), -1)
-    np.maximum.accumulate(idx, out=idx)
-    out = np.where(idx >= 0, values[np.maximum(idx, 0)], initial)
-    return out.astype(np.int64)
+def _latest(count: np.ndarray, values: np.ndarray, initial: int, at: np.ndarray) -> np.ndarray:
+    """For the words at positions ``at``: the value of the latest word of one type at or before
+    them, where ``count`` is the running count of that type's words (``initial`` when none yet)."""
+    ext = np.concatenate([np.array([initial], dtype=np.int64), values.astype(np.int64, copy=False)])
+    return ext[count[at]]
 
 
-def _implicit_carries(typ: np.ndarray, val: np.ndarray, st: _State) -> np.ndarray:
-    """Per word: TIME_LOW wraps since the last TIME_HIGH that no TIME_HIGH announced. Conforming
-    files never have one (time only grows, and a new high period starts with a TIME_HIGH word);
-    expelliarmus's encoder writes them, so its files decode to their true times too."""
-    is_low, is_high = typ == 6, typ == 8
-    low_idx = np.flatnonzero(is_low)
-    highs_before = np.cumsum(is_high)[low_idx]
-    # TIME_HIGH count "at the previous TIME_LOW": -1 forces "a high came between" for the first one
-    first = -1 if st.high_since_low else 0
-    prev_highs = np.concatenate([[first], highs_before[:-1]]) if len(low_idx) else highs_before
-    lows = val[low_idx]
+def _low_carries(c_high: np.ndarray, low_pos: np.ndarray, lows: np.ndarray, st: _State) -> np.ndarray:
+    """Running count of implicit TIME_LOW wraps at each TIME_LOW word. A wrap is a TIME_LOW smaller
+    than the previous one with no TIME_HIGH between them: conforming files never have one (a new
+    high period starts with a TIME_HIGH word); expelliarmus's encoder writes them, so its files
+    decode to their true times too."""
+    highs_before = c_high[low_pos]  # TIME_HIGH words before each TIME_LOW
+    first = -1 if st.high_since_low else 0  # -1: "a high came between" for the chunk's first low
+    prev_highs = np.concatenate([[first], highs_before[:-1]])
     prev_low = np.concatenate([[st.low], lows[:-1]])
     wrap = (lows < prev_low) & (highs_before == prev_highs)
-    flags = np.zeros(len(typ), dtype=np.int64)
-    flags[low_idx] = wrap
-    total = st.carries + np.cumsum(flags)
-    at_high = _ffill(is_high, total, st.carries_at_high)
-    if len(typ):
-        st.carries, st.carries_at_high = int(total[-1]), int(at_high[-1])
-        last_low, last_high = (low_idx[-1] if len(low_idx) else -1), np.flatnonzero(is_high)
-        high_after = bool(len(last_high) and last_high[-1] > last_low)
-        st.high_since_low = high_after or (not len(low_idx) and st.high_since_low)
-    return total - at_high
+    return st.carries + np.cumsum(wrap)
+
+
+def _vector_events(val, vec_pos, vec_is12, single, vec_base, vec_pol):
+    """(word position, x, p) of every event in word order when vector words are present."""
+    bits = (val[vec_pos, None] >> np.arange(12)) & 1
+    bits[~vec_is12, 8:] = 0
+    ev_pos = np.sort(np.concatenate([single, vec_pos]))
+    is_vec = np.isin(ev_pos, vec_pos, assume_unique=True)
+    per_word = np.ones(len(ev_pos), dtype=np.int64)
+    per_word[is_vec] = bits.sum(1)
+    start = np.cumsum(per_word) - per_word
+    n = int(per_word.sum())
+    x = np.empty(n, dtype=np.int64)
+    p = np.empty(n, dtype=np.int64)
+    s_start = start[~is_vec]
+    x[s_start] = val[single] & 0x7FF
+    p[s_start] = (val[single] >> 11) & 1
+    vw, vb = np.nonzero(bits)
+    slot = start[is_vec][vw] + np.cumsum(bits, 1)[vw, vb] - 1
+    x[slot] = vec_base[vw] + vb
+    p[slot] = vec_pol[vw]
+    return np.repeat(ev_pos, per_word), x, p
 
 
 def decode_words(words: np.ndarray, st: _State) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x, y, t, p) of one chunk of words; ``st`` carries the decoder state to the next chunk."""
-    w = words.astype(np.int64)
-    typ = w >> 12
-    val = w & 0xFFF
-    is_high = typ == 8
-    raw_high = val[is_high]
+    typ = words >> 12
+    val = words & 0xFFF
+    counts = {k: np.cumsum(typ == k, dtype=np.int32) for k in (0, 3, 6, 8)}  # running count per type
+    high_pos, low_pos, y_pos, base_pos = (np.flatnonzero(typ == k) for k in (8, 6, 0, 3))
+    # absolute TIME_HIGH values: a smaller raw value than the previous one is a 24-bit wrap
+    raw_high = val[high_pos].astype(np.int64)
     prev = np.concatenate([[st.raw_high], raw_high[:-1]])
-    absolute = raw_high + 4096 * (st.high // 4096 + np.cumsum(raw_high < prev))
-    high = np.zeros(len(w), dtype=np.int64)
-    high[is_high] = absolute
-    high = _ffill(is_high, high, st.high)
-    low = _ffill(typ == 6, val, st.low)
-    carry = _implicit_carries(typ, val, st)
-    y = _ffill(typ == 0, w & 0x7FF, st.y)
-    is_base = typ == 3
-    pol = _ffill(is_base, (w >> 11) & 1, st.pol)  # polarity of the vector words
-    adv = np.where(typ == 4, 12, np.where(typ == 5, 8, 0))
-    cum_before = np.cumsum(adv) - adv
-    base_ref = _ffill(is_base, (w & 0x7FF) - cum_before, st.base)  # base x minus advance so far
-    base = base_ref + cum_before
-    t_word = (high + carry) * 4096 + low
-    if len(w):
-        st.high, st.low, st.y, st.pol = int(high[-1]), int(low[-1]), int(y[-1]), int(pol[-1])
-        st.raw_high = int(raw_high[-1]) if len(raw_high) else st.raw_high
-        st.base = int(base[-1] + adv[-1])
-    # single events
+    highs = raw_high + 4096 * (st.high // 4096 + np.cumsum(raw_high < prev))
+    lows = val[low_pos].astype(np.int64)
+    carries = _low_carries(counts[8], low_pos, lows, st)
+    carries_at_high = _latest(counts[6], carries, st.carries, high_pos)
     single = np.flatnonzero(typ == 2)
-    # vector events: one row per vector word, bits expanded
-    vec = np.flatnonzero((typ == 4) | (typ == 5))
-    bits = (val[vec, None] >> np.arange(12)) & 1
-    bits[typ[vec] == 5, 8:] = 0
-    vw, vb = np.nonzero(bits)
-    word_of = np.concatenate([single, vec[vw]])
-    order = np.lexsort((np.concatenate([np.zeros(len(single), np.int64), vb]), word_of))
-    word_of = word_of[order]
-    x = np.concatenate([w[single] & 0x7FF, base[vec[vw]] + vb])[order]
-    p = np.concatenate([(w[single] >> 11) & 1, pol[vec[vw]]])[order]
-    return x, y[word_of], t_word[word_of], p
+    vec_pos = np.flatnonzero((typ == 4) | (typ == 5))
+    vec_adv = np.where(typ[vec_pos] == 4, 12, 8)
+    if len(vec_pos):
+        # vector base: VECT_BASE_X value plus the advances (12 / 8) of vector words since it
+        cum_adv = np.concatenate([[0], np.cumsum(vec_adv)])
+        base_ref = (val[base_pos] & 0x7FF).astype(np.int64) - cum_adv[np.searchsorted(vec_pos, base_pos)]
+        vec_base = _latest(counts[3], base_ref, st.base, vec_pos) + cum_adv[:-1]
+        vec_pol = _latest(counts[3], (val[base_pos] >> 11) & 1, st.pol, vec_pos)
+        word_of, x, p = _vector_events(val, vec_pos, vec_adv == 12, single, vec_base, vec_pol)
+    else:
+        word_of, x, p = single, val[single] & 0x7FF, (val[single] >> 11) & 1
+    c_low = counts[6]
+    carry = _latest(c_low, carries, st.carries, word_of) - _latest(counts[8], carries_at_high, st.carries_at_high,
+                                                                   word_of)
+    t = (_latest(counts[8], highs, st.high, word_of) + carry) * 4096 + _latest(c_low, lows, st.low, word_of)
+    y = _latest(counts[0], val[y_pos] & 0x7FF, st.y, word_of)
+    # carry the state into the next chunk
+    last_low = low_pos[-1] if len(low_pos) else -1
+    st.high_since_low = bool(len(high_pos) and high_pos[-1] > last_low) or (not len(low_pos) and st.high_since_low)
+    if len(high_pos):
+        st.high, st.raw_high, st.carries_at_high = int(highs[-1]), int(raw_high[-1]), int(carries_at_high[-1])
+    if len(low_pos):
+        st.low, st.carries = int(lows[-1]), int(carries[-1])
+    if len(y_pos):
+        st.y = int(val[y_pos[-1]] & 0x7FF)
+    if len(base_pos):
+        st.pol = int((val[base_pos[-1]] >> 11) & 1)
+    if len(vec_pos) and (not len(base_pos) or vec_pos[-1] > base_pos[-1]):
+        st.base = int(vec_base[-1] + vec_adv[-1])
+    elif len(base_pos):
+        st.base = int(val[base_pos[-1]] & 0x7FF)
+    return x, y, t, p
 
 
 def evt3_chunks(path: Path, offset: int, width: int | None, height: int | None) -> Iterator[Events]:

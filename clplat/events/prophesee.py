@@ -60,7 +60,8 @@ def _check_body(path: Path, fmt: str, offset: int) -> None:
             raise UserError(f"{path}: .dat event size {ev_size} is not 8 (only CD 8-byte records are supported)")
 
 
-def prophesee_chunks(path: Path, fmt: str) -> Iterator[Events]:
+def prophesee_chunks(path: Path, fmt: str, whole: bool = False) -> Iterator[Events]:
+    """Events in file order; ``whole`` = one chunk (EVT2: the library's one-shot reader, faster)."""
     from expelliarmus import Wizard
 
     header, offset = read_header(path)
@@ -76,7 +77,7 @@ def prophesee_chunks(path: Path, fmt: str) -> Iterator[Events]:
         return
     wizard = Wizard(encoding=fmt, fpath=path, chunk_size=CHUNK_EVENTS)
     try:
-        for arr in wizard.read_chunk():
+        for arr in [wizard.read()] if whole else wizard.read_chunk():
             if not len(arr):
                 continue
             if int(arr["x"].min()) < 0 or int(arr["y"].min()) < 0:

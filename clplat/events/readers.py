@@ -66,11 +66,11 @@ def detect_format(path: str | Path, format: str | None = None) -> str:
     raise UserError(f"{p}: unknown event file format (known: {', '.join(FORMATS)}; pass format= to choose)")
 
 
-def _chunk_source(fmt: str) -> Callable[[Path], Iterator[Events]]:
+def _chunk_source(fmt: str, whole: bool = False) -> Callable[[Path], Iterator[Events]]:
     if fmt in ("evt2", "evt3", "dat"):
         from clplat.events.prophesee import prophesee_chunks
 
-        return lambda p: prophesee_chunks(p, fmt)
+        return lambda p: prophesee_chunks(p, fmt, whole)
     if fmt == "aedat4":
         from clplat.events.aedat4 import aedat4_chunks
 
@@ -90,10 +90,10 @@ def _chunk_source(fmt: str) -> Callable[[Path], Iterator[Events]]:
     raise AssertionError(fmt)
 
 
-def _checked_chunks(path: Path, fmt: str) -> Iterator[Events]:
-    """The format's chunks, validated across chunk borders."""
+def _checked_chunks(path: Path, fmt: str, whole: bool = False) -> Iterator[Events]:
+    """The format's chunks, validated across chunk borders (``whole``: as few as the format allows)."""
     prev: int | None = None
-    for chunk in _chunk_source(fmt)(path):
+    for chunk in _chunk_source(fmt, whole)(path):
         check_events(chunk, str(path), prev)
         if len(chunk):
             prev = int(chunk.t[-1])
@@ -112,7 +112,7 @@ def read_events(
         return check_events(read_dsec(p, t_start_us, t_end_us), str(p))
     parts: list[Events] = []
     w = h = None
-    for chunk in _checked_chunks(p, fmt):
+    for chunk in _checked_chunks(p, fmt, whole=True):
         w, h = chunk.width, chunk.height
         if t_end_us is not None and len(chunk) and chunk.t[0] >= t_end_us:
             break

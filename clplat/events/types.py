@@ -64,6 +64,9 @@ def concat_events(parts: Sequence[Events], width: int | None = None, height: int
         return empty_events(width, height)
     w = width if width is not None else parts[0].width
     h = height if height is not None else parts[0].height
+    if len(parts) == 1:  # no copy
+        e = parts[0]
+        return e if (e.width, e.height) == (w, h) else Events(e.x, e.y, e.t, e.p, w, h)
     return Events(
         np.concatenate([e.x for e in parts]),
         np.concatenate([e.y for e in parts]),
@@ -80,10 +83,9 @@ def check_events(ev: Events, source: str, prev_t: int | None = None) -> Events:
     if len(ev):
         if prev_t is not None and ev.t[0] < prev_t:
             raise UserError(f"{source}: timestamps decrease ({int(ev.t[0])} us after {prev_t} us)")
-        d = np.diff(ev.t)
-        bad = np.flatnonzero(d < 0)
-        if bad.size:
-            i = int(bad[0]) + 1
+        back = ev.t[1:] < ev.t[:-1]
+        if back.any():
+            i = int(np.flatnonzero(back)[0]) + 1
             raise UserError(
                 f"{source}: timestamps decrease at event {i} ({int(ev.t[i])} us after {int(ev.t[i - 1])} us)"
             )
