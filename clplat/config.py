@@ -84,12 +84,28 @@ class AugmentConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    """Passed through to ``lightning.Trainer``."""
+    """Passed through to ``lightning.Trainer``; ``strategy: ddp`` trains with ``devices`` processes per
+    node (``engine/distributed.py``, ``docs/distributed.md``)."""
 
     accelerator: str = "cpu"
     devices: int | str = 1
     precision: str = "32-true"
     gradient_clip_val: float | None = None
+    strategy: Literal["auto", "ddp"] = Field("auto", description="auto: one process; ddp: devices x num_nodes")
+    num_nodes: int = Field(1, ge=1, description="ddp only; launch every node's processes with torchrun")
+
+    @model_validator(mode="after")
+    def _processes(self) -> TrainerConfig:
+        if self.strategy == "ddp":
+            if not isinstance(self.devices, int) or self.devices < 1:
+                raise ValueError(f"devices must be a number of processes with strategy: ddp (got {self.devices!r})")
+        elif self.num_nodes != 1 or (isinstance(self.devices, int) and self.devices != 1):
+            raise ValueError("several devices or nodes need strategy: ddp (docs/distributed.md)")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes if self.strategy == "ddp" else 1  # type: ignore[operator]
 
 
 class LoggingConfig(_Section):
@@ -157,6 +173,22 @@ class Config(BaseModel):
                                       f"regime {' or '.join(allowed)}, not '{self.regime}'")
             raise ValidationError.from_exception_data(type(self).__name__, [
                 InitErrorDetails(type=err, loc=("regime",), input=self.regime)])
+        return self
+
+    @model_validator(mode="after")
+    def _batches_split(self) -> Config:
+        """DDP splits every full batch into equal shares, one per process (only a task's or an
+        epoch's short last batch may not split; it is then trained whole on every process)."""
+        w = self.trainer.world_size
+        if w == 1:
+            return self
+        sizes = {"online.stream_batch": self.online.stream_batch} if self.regime == "online" else {
+            "sessions.base.batch_size": self.sessions.base.batch_size,
+            "sessions.incremental.batch_size": self.sessions.incremental.batch_size}
+        for key, n in sizes.items():
+            if n % w:
+                raise ValueError(f"{key}={n} does not split across {w} DDP processes "
+                                 f"(trainer.devices x trainer.num_nodes); use a multiple of {w}")
         return self
 
     @property

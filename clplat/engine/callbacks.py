@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 
+from clplat.engine.distributed import any_rank
 from clplat.engine.driver import StreamBatch, StreamCursor
 from clplat.engine.metrics import anytime_due
 
@@ -73,9 +74,10 @@ class StreamDriver(L.Callback):
         if cur.batches_done == len(self.batches):
             cur.finished = True
             due = True
-        if due or self.stop_signal is not None:
+        stop = any_rank(self.stop_signal is not None)  # DDP: every process stops after the same batch
+        if due or stop:
             self.checkpoint()
-        if self.stop_signal is not None and not cur.finished:
+        if stop and not cur.finished:
             self.interrupted = True
             trainer.should_stop = True
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clplat.engine.distributed import REPLICAS, world
 from clplat.errors import UserError, one_line
 from clplat.io import atomic_torch_save
 from clplat.nn import state_mismatch
@@ -60,8 +61,14 @@ class CheckpointedRun:
             self._pending_rng = None
 
     def save_checkpoint(self) -> None:
-        if self.run_dir is not None:
-            atomic_save(self.state_dict(), self.run_dir / CHECKPOINT)
+        """Every process calls it at the same points; under DDP the processes first check that their
+        states agree (``distributed.REPLICAS``), then rank 0 alone writes."""
+        w = world()
+        state = self.state_dict() if w.distributed else None
+        if state is not None:
+            REPLICAS(state)
+        if self.run_dir is not None and w.is_main:
+            atomic_save(state if state is not None else self.state_dict(), self.run_dir / CHECKPOINT)
 
     def resume_from(self, run_dir: Path) -> None:
         """Load ``run_dir``'s last checkpoint; resuming a finished run, or a run of a strategy that

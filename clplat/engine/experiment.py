@@ -20,6 +20,7 @@ from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
 from clplat.engine.callbacks import StreamDriver, StreamProgress
 from clplat.engine.checkpoint import CHECKPOINT, CheckpointedRun, ProcessRecord, rng_state  # noqa: F401 (CHECKPOINT: public here)
+from clplat.engine.distributed import REPLICAS, ShareSampler, setup_world, shared_run_dir, trainer_args, world
 from clplat.engine.driver import PlanBatchSampler, StreamCursor, plan_batches
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord, summarize
@@ -135,13 +136,16 @@ class Experiment(CheckpointedRun):
             callbacks.append(StreamProgress(cfg.name, self.plan.total, self.cursor,
                                             lambda: self.records[-1].accuracy if self.records else None))
         trainer = L.Trainer(
-            accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=cfg.trainer.precision,
-            max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
+            **trainer_args(cfg.trainer), max_epochs=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
             default_root_dir=str(self.run_dir) if self.run_dir else None,
         )
-        loader = DataLoader(self.data.train, batch_sampler=PlanBatchSampler(self.batches, self.cursor.batches_done),
-                            collate_fn=collate_batch, num_workers=0, generator=torch.Generator())
+        sampler = PlanBatchSampler(self.batches, self.cursor.batches_done)
+        if world().distributed:  # this process's share of each stream batch
+            sampler = ShareSampler(sampler, world())
+            self.module.use_split(sampler)
+        loader = DataLoader(self.data.train, batch_sampler=sampler, collate_fn=collate_batch, num_workers=0,
+                            generator=torch.Generator())
         if len(loader) > 0:
             trainer.fit(self.module, loader)
         self.interrupted = self.driver.interrupted
@@ -161,6 +165,7 @@ def _results(exp: Experiment, wall: float) -> dict[str, Any]:
         "wall_time_s": round(wall, 3),
         "eval_time_s": round(exp.driver.eval_seconds, 3) if exp.driver else 0.0,
         "process": exp.process.to_dict() if exp.process else None,  # where THIS process started
+        **({"distributed": REPLICAS.to_dict()} if world().distributed else {}),
     }
 
 
@@ -182,12 +187,14 @@ def finalize(exp: Experiment, wall: float) -> dict[str, Any]:
 
 def run_experiment(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) one experiment; returns the results dict also written to results.json.
-    ``results['interrupted']`` is true when a signal stopped it (a checkpoint was written)."""
+    ``results['interrupted']`` is true when a signal stopped it (a checkpoint was written).
+    DDP (``trainer.strategy: ddp``): every process calls it; rank 0 makes and writes the run directory."""
+    setup_world(cfg)
     if run_dir is None:
-        run_dir = new_run_dir(cfg.logging.runs_dir, cfg.name)
+        run_dir = shared_run_dir(lambda: new_run_dir(cfg.logging.runs_dir, cfg.name))
         with dropped_if_empty_on_error(run_dir):
             return _run_in(cfg, run_dir, resume)
-    return _run_in(cfg, run_dir, resume)
+    return _run_in(cfg, shared_run_dir(lambda: run_dir, run_dir), resume)
 
 
 def _run_in(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
@@ -197,11 +204,12 @@ def _run_in(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
 
         return run_sessions(cfg, run_dir, resume)
     exp = Experiment(cfg, run_dir)
+    main = world().is_main
     if resume:
         exp.resume_from(run_dir)
-    else:
+    elif main:
         write_config(run_dir, cfg.to_dict())
-    exp.wandb = WandbRun(cfg, run_dir, cfg.to_dict(), resume_id=exp.wandb_id)
+    exp.wandb = WandbRun(cfg, run_dir, cfg.to_dict(), resume_id=exp.wandb_id) if main else None
     exp.process = ProcessRecord(exp.cursor, exp.module.make_optimizer(), resumed=resume)
     exp.process.announce(run_dir)
     exp.fit()
@@ -211,6 +219,8 @@ def _run_in(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     if not exp.cursor.finished:  # an empty stream
         exp.cursor.finished = True
         exp.save_checkpoint()
+    if not main:
+        return {**_results(exp, time.perf_counter() - start), "run_dir": str(run_dir)}
     results = finalize(exp, time.perf_counter() - start)
     results["run_dir"] = str(run_dir)
     return results

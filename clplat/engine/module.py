@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from clplat.engine.distributed import SplitAugment, average_gradients, gather_rows, split_update, splits
 from clplat.engine.exposure import ExposureTracker
 from clplat.errors import UserError
 from clplat.strategies.base import Strategy, StreamContext
@@ -46,6 +47,7 @@ class ContinualModule(L.LightningModule):
         self.epoch = 0
         self.last_loss = float("nan")
         self._optimizer: torch.optim.Optimizer | None = None
+        self.split = None  # DDP: the ShareSampler of the fit in progress (engine/distributed.py)
 
     # the optimizer is created eagerly so a checkpoint can restore its state before fit starts
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -81,16 +83,40 @@ class ContinualModule(L.LightningModule):
             session=self.session, epoch=self.epoch,
         )
 
+    # --- DDP (engine/distributed.py); each is a no-op in one process -----------------------------------
+    def use_split(self, sampler) -> None:
+        """Train on this process's share of each batch of ``sampler`` (a ``ShareSampler``, or None)."""
+        self.split = sampler
+        if sampler is not None and not isinstance(self.augment, SplitAugment):
+            self.augment = SplitAugment(self.augment)
+
+    def global_batch(self, x: Tensor, y: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """The whole incoming batch: gathered from every process when it was split across them."""
+        if self.split is None or not splits(self.split.global_size(batch_idx), self.split.world):
+            return x, y
+        return gather_rows(x)[0], gather_rows(y)[0]
+
+    def split_update(self, batch_idx: int, rows: int):
+        """Context of one update; its ``scale(loss)`` weights this process's rows in the global mean."""
+        return split_update(self.split, batch_idx, rows)
+
+    def synced_backward(self, loss: Tensor) -> None:
+        """``manual_backward``, then the gradients averaged over the processes."""
+        self.manual_backward(loss)
+        average_gradients(self.strategy.parameters())
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y_orig = batch
-        if x.shape[0] == 0:
+        x_all, y_all = self.global_batch(x, y_orig, batch_idx)
+        if x_all.shape[0] == 0:
             return None
-        self.tracker.expose(y_orig.cpu())
+        self.tracker.expose(y_all.cpu())
         ctx = self.context()
         y = ctx.to_index(y_orig)
         opt = self.optimizers()
         for _ in range(self.online_iter):
-            out = self.strategy.training_loss(self.augment(x), y, ctx)
+            with self.split_update(batch_idx, x.shape[0]) as update:
+                out = self.strategy.training_loss(self.augment(x), y, ctx)
             loss = out["loss"] if isinstance(out, dict) else out
             value = float(loss.detach())  # the one host sync of an update
             if not math.isfinite(value):
@@ -98,11 +124,11 @@ class ContinualModule(L.LightningModule):
                                 f"(strategy '{type(self.strategy).__name__}', lr {self.optim_cfg.lr}); "
                                 "lower optim.lr or check the data")
             opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            self.synced_backward(update.scale(loss))
             if self.gradient_clip_val:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
                                     gradient_clip_algorithm="norm")
             opt.step()
         self.last_loss = value  # finite: checked above
-        self.strategy.on_stream_batch(x, y_orig, ctx)
+        self.strategy.on_stream_batch(x_all, y_all, ctx)
         return None

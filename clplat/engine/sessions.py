@@ -32,6 +32,7 @@ from clplat.data import build_dataset
 from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
 from clplat.engine.checkpoint import CheckpointedRun, rng_state
+from clplat.engine.distributed import REPLICAS, ShareSampler, any_rank, trainer_args, world
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord
 from clplat.engine.module import ContinualModule
@@ -126,7 +127,8 @@ class SessionModule(ContinualModule):
         x, y_orig = batch
         ctx = self.context()
         y = ctx.to_index(y_orig)
-        out = self.strategy.training_loss(x if self.strategy.augments_itself else self.augment(x), y, ctx)
+        with self.split_update(batch_idx, x.shape[0]) as update:  # DDP: this process's share
+            out = self.strategy.training_loss(x if self.strategy.augments_itself else self.augment(x), y, ctx)
         loss = out["loss"] if isinstance(out, dict) else out
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -135,7 +137,7 @@ class SessionModule(ContinualModule):
                             f"lower sessions.{self.phase_name}.optim.lr or check the data")
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.synced_backward(update.scale(loss))
         if self.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         opt.step()
@@ -174,7 +176,8 @@ class SessionDriver(L.Callback):
             cur.epoch = b.epoch + 1
             if cur.epoch < self.phase.epochs:  # the last epoch's checkpoint follows the evaluation
                 self.run.save_checkpoint()
-        if self.run.stop_signal is not None:
+        if any_rank(self.run.stop_signal is not None):  # DDP: every process stops after the same batch
+            self.run.stop_signal = self.run.stop_signal or signal.SIGTERM
             trainer.should_stop = True
 
 
@@ -297,13 +300,15 @@ class SessionExperiment(CheckpointedRun):
             return
         quiet_lightning()
         tc = self.cfg.trainer
-        trainer = L.Trainer(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision, max_epochs=1,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, num_sanity_val_steps=0,
+        trainer = L.Trainer(**trainer_args(tc), max_epochs=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                             callbacks=[SessionDriver(self, batches, phase)],
                             default_root_dir=str(self.run_dir) if self.run_dir else None)
-        loader = DataLoader(self.data.train, batch_sampler=_ListSampler([b.indices for b in batches]),
-                            collate_fn=collate_batch, num_workers=0)
+        sampler: Sampler[list[int]] = _ListSampler([b.indices for b in batches])
+        if world().distributed:  # this process's share of each batch
+            sampler = ShareSampler(sampler, world())
+            self.module.use_split(sampler)
+        loader = DataLoader(self.data.train, batch_sampler=sampler, collate_fn=collate_batch, num_workers=0)
         trainer.fit(self.module, loader)
 
     def _end(self, session: int, phase: SessionPhaseConfig) -> None:
@@ -444,7 +449,8 @@ def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     if resume:
         exp.resume_from(run_dir)
     else:
-        write_config(run_dir, cfg.to_dict())
+        if world().is_main:  # DDP: rank 0 writes, the other processes train along
+            write_config(run_dir, cfg.to_dict())
         exp.save_checkpoint()  # a stop before the first epoch ends still leaves a resumable run
     process = {"resumed": resume, "start_session": exp.cursor.session, "start_epoch": exp.cursor.epoch,
                "start_updates": exp.cursor.updates}
@@ -453,7 +459,7 @@ def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
 
         print(f"resuming {run_dir} at session {exp.cursor.session}, epoch {exp.cursor.epoch} "
               f"({exp.cursor.updates} updates done)", file=sys.stderr, flush=True)
-    exp.wandb = WandbRun(cfg, run_dir, cfg.to_dict(), resume_id=exp.wandb_id)
+    exp.wandb = WandbRun(cfg, run_dir, cfg.to_dict(), resume_id=exp.wandb_id) if world().is_main else None
     exp.run()
     process["updates"] = exp.module.updates
     if exp.interrupted:
@@ -463,6 +469,10 @@ def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     results = exp.results()
     results["wall_time_s"] = round(time.perf_counter() - start, 3)
     results["process"] = process
+    if world().distributed:
+        results["distributed"] = REPLICAS.to_dict()
+        if not world().is_main:
+            return {**results, "run_dir": str(run_dir)}
     plots = exp.write_outputs(run_dir, results)
     write_results(run_dir, results)
     if exp.wandb is not None:

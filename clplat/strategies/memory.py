@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from clplat.engine.distributed import current_update
+
 
 class ReservoirMemory(nn.Module):
     """Fixed-capacity reservoir (Vitter's algorithm R) over every stream sample seen."""
@@ -42,10 +44,15 @@ class ReservoirMemory(nn.Module):
             self.n_seen += 1
 
     def sample(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Up to ``n`` distinct stored samples, drawn uniformly; labels are original class ids."""
+        """Up to ``n`` distinct stored samples, drawn uniformly; labels are original class ids. In a
+        DDP update split across processes, this process's share of the one global draw."""
         size = len(self)
         n = min(n, size)
-        idx = torch.randperm(size, generator=generator)[:n].to(self.x.device)
+        idx = torch.randperm(size, generator=generator)[:n]
+        update = current_update()
+        if update is not None:
+            idx = idx[update.take(n)]
+        idx = idx.to(self.x.device)
         return self.x[idx], self.y[idx]
 
     def classes(self) -> Tensor:
