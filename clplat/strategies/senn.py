@@ -11,10 +11,11 @@ never the training batch whose statistics just updated the curvature:
 * ``senn``: every block's width candidate (best ``width_step`` of ``proposals`` random fan-ins,
   scored jointly) passes if ``d_eta'/eta_layer > tau_width`` and ``d_eta'/nu^2 > abs_thresh``; its
   depth candidate (identity block after it) if the same holds for ``d_eta'/depth_cost``; the best
-  passing ones by ratio are applied (``events_per_decision``);
+  passing ones by ``d_eta'/nu^2`` are applied (``events_per_decision``); scores are cross-fitted on
+  the decision batch's two halves (``cross_fit``, unbiased when nothing is to be gained);
 * ``secnn``: per stage, widen every block by ``width_step`` or insert one identity block at its end;
   the better of the best of each kind is applied if ``(eta_c + d_eta') exp(-lambda dp^2) / eta_c >
-  secnn_tau`` (eta_c: the sum of all layers' eta);
+  secnn_tau`` (eta_c: the sum of all layers' eta; plain, not cross-fitted, scores as SECNN);
 * ``random``: ``random_width`` / ``random_depth`` events spread uniformly over ``random_span``
   decision opportunities, at uniformly drawn places (the random-growth baseline);
 * ``fixed``: never grows (fixed-small and, with ``backbone.kwargs.arch_file``, fixed-large baselines).
@@ -40,7 +41,14 @@ from clplat.strategies import STRATEGIES
 from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
 from clplat.strategies.heads import linear_head
 from clplat.strategies.senn_growth import migrate_optimizer
-from clplat.strategies.senn_score import Candidate, CurvatureTracker, depth_params, score_block, width_params
+from clplat.strategies.senn_score import (
+    Candidate,
+    CurvatureTracker,
+    ScoreSettings,
+    depth_params,
+    score_block,
+    width_params,
+)
 
 EVENT_FIELDS = ("step", "session", "epoch", "stage", "block", "kind", "params_added", "score", "params")
 KIND_CODE = {"width": 0.0, "depth": 1.0}
@@ -65,9 +73,13 @@ class SennConfig(StrategyConfig):
     curvature_decay: float = Field(0.95, gt=0, lt=1)
     max_positions: int = Field(8192, ge=64, description="images of a batch used for factors: this / positions")
     decision_batch: int = Field(128, ge=2)
+    decision_positions: int = Field(2**17, ge=64, description="decision images used: this / input positions")
     decision_pool: int = Field(512, ge=2, description="session samples kept for drawing decision batches")
     damping_a: float = Field(1e-3, gt=0, le=10)
     damping_g: float = Field(0.1, gt=0, le=10)
+    cross_fit: bool = Field(True, description="score = cross product of the decision batch's two halves")
+    spatial: Literal["correlated", "independent"] = Field("correlated", description="KFC: positions' "
+                                                          "derivatives fully correlated (x1) or independent (xT)")
     random_width: int = Field(0, ge=0)
     random_depth: int = Field(0, ge=0)
     random_span: int = Field(1, ge=1, description="random: decision opportunities to spread events over")
@@ -209,7 +221,7 @@ class Senn(Strategy):
         idx = torch.randperm(n, generator=ctx.generator)[: self.cfg.decision_batch].to(self.pool_y.device)
         x, y = self.pool_x[idx], ctx.to_index(self.pool_y[idx])
         saved = {k: v.clone() for k, v in self.backbone.state_dict().items() if "running" in k or "batches" in k}
-        self.tracker.start("decision", x)
+        self.tracker.start("decision", x, self.cfg.decision_positions)
         self.tracker.record.__init__()
         with torch.enable_grad():
             logits = self.logits(x)
@@ -226,15 +238,14 @@ class Senn(Strategy):
         cands: list[Candidate] = []
         for s, b, _ in net.blocks():
             cands += score_block(net, self.tracker, s, b, cfg.width_step, cfg.proposals, ctx.generator,
-                                 (cfg.damping_a, cfg.damping_g))
+                                 ScoreSettings(cfg.damping_a, cfg.damping_g, cfg.cross_fit and cfg.mode == "senn",
+                                               cfg.spatial))
         self.tracker.record.__init__()
         if cfg.mode == "secnn":
             return self._secnn_choice(cands)
-        nu2 = self.tracker.nu2
         ok = [c for c in cands if c.ratio(cfg.depth_cost) > cfg.tau_width
-              and c.gain / (cfg.depth_cost if c.kind == "depth" else 1.0) / nu2 > cfg.abs_thresh
-              and self._room(c.kind, c.stage, c.block, c.params)]
-        ok.sort(key=lambda c: -c.ratio(cfg.depth_cost))
+              and c.abs_score(cfg.depth_cost) > cfg.abs_thresh and self._room(c.kind, c.stage, c.block, c.params)]
+        ok.sort(key=lambda c: -c.abs_score(cfg.depth_cost))
         chosen: list[Candidate] = []
         for c in ok:  # one event per place: the scores of the others assumed the place unchanged
             if len(chosen) < cfg.events_per_decision and all((c.stage, c.block) != (d.stage, d.block) for d in chosen):
@@ -303,7 +314,7 @@ class Senn(Strategy):
             net.insert_identity(cand.stage, cand.block)
             tr.on_insert(cand.stage, cand.block)
             reps = []
-        score = cand.ratio(self.cfg.depth_cost) if cand.recorded is None else cand.recorded
+        score = cand.abs_score(self.cfg.depth_cost) if cand.recorded is None else cand.recorded
         row = torch.tensor([[int(self.counters[0]), ctx.session, ctx.epoch, cand.stage, cand.block,
                              KIND_CODE[cand.kind], net.num_params() - n0, score, net.num_params()]],
                            dtype=torch.float64, device=self.events.device)

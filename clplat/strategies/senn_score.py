@@ -38,11 +38,14 @@ def damped(M: Tensor, rel: float) -> Tensor:
     return M + lam[..., None, None] * torch.eye(d, dtype=M.dtype, device=M.device)
 
 
-def trace_score(C: Tensor, A: Tensor, G: Tensor, damping_a: float, damping_g: float) -> Tensor:
-    """``tr(C^T A^-1 C G^-1)`` for ``C`` (..., d, o), ``A`` (..., d, d), ``G`` (o, o), damped."""
+def trace_score(C: Tensor, A: Tensor, G: Tensor, damping_a: float, damping_g: float,
+                C2: Tensor | None = None) -> Tensor:
+    """``tr(C^T A^-1 C G^-1)`` for ``C`` (..., d, o), ``A`` (..., d, d), ``G`` (o, o), damped; with
+    ``C2`` the cross form ``tr(C^T A^-1 C2 G^-1)`` (symmetric in C, C2)."""
     C, A, G = C.double(), A.double(), G.double()
+    C2 = C if C2 is None else C2.double()
     X = torch.linalg.solve(damped(A, damping_a), C)  # A^-1 C
-    Y = torch.linalg.solve(damped(G, damping_g), C.transpose(-1, -2))  # G^-1 C^T
+    Y = torch.linalg.solve(damped(G, damping_g), C2.transpose(-1, -2))  # G^-1 C2^T
     return (X * Y.transpose(-1, -2)).sum((-1, -2))
 
 
@@ -62,25 +65,39 @@ def layer_gradient(a: Tensor, delta: Tensor) -> Tensor:
     return torch.einsum("nol,ndl->od", delta.double(), a.double()) / (n * L)
 
 
-def layer_score(a: Tensor, delta: Tensor, A: Tensor, G: Tensor, damping_a: float, damping_g: float) -> Tensor:
-    """``eta = T tr(M A^-1 M^T G^-1)``: the natural-gradient score of the layer's own weights."""
-    M = layer_gradient(a, delta)
-    return a.shape[2] * trace_score(M.T, A, G, damping_a, damping_g)
+def halves(n: int, cross: bool) -> tuple[slice, slice]:
+    """The two sample sets a score's two gradient factors are estimated on: the same (the plain
+    quadratic form) or the two halves of the batch (cross-fitted: no noise floor, see docs/senn.md)."""
+    return (slice(0, n // 2), slice(n // 2, n)) if cross else (slice(0, n), slice(0, n))
+
+
+def layer_score(a: Tensor, delta: Tensor, A: Tensor, G: Tensor, damping_a: float, damping_g: float,
+                cross: bool = False, scale: float = 1.0) -> Tensor:
+    """``eta = scale tr(M A^-1 M^T G^-1)``: the natural-gradient score of the layer's own weights
+    (``scale`` = T for KFC's spatially independent derivatives, 1 for fully correlated ones)."""
+    h1, h2 = halves(a.shape[0], cross)
+    M1, M2 = layer_gradient(a[h1], delta[h1]), layer_gradient(a[h2], delta[h2])
+    return scale * trace_score(M1.T, A, G, damping_a, damping_g, M2.T)
 
 
 def width_gain(a: Tensor, delta: Tensor, f: Tensor, group: int, A: Tensor, G: Tensor,
-               damping_a: float, damping_g: float) -> Tensor:
-    """``d_eta' = T tr(C^T A_f^-1 C G^-1)`` of each candidate: ``f`` (N, P*group, L) holds P
+               damping_a: float, damping_g: float, cross: bool = False, scale: float = 1.0) -> Tensor:
+    """``d_eta' = scale tr(C^T A_f^-1 C G^-1)`` of each candidate: ``f`` (N, P*group, L) holds P
     candidates of ``group`` input rows each (9 per new conv channel, 1 per new projection input)."""
     n, _, L = a.shape
-    a, delta, f = a.double(), delta.double(), f.double()
-    M = layer_gradient(a, delta)
-    K = torch.linalg.solve(damped(A.double(), damping_a), M.T).T  # M A^-1
-    r = delta - torch.einsum("od,ndl->nol", K, a)
-    ff = f.reshape(n, -1, group, L)
-    C = torch.einsum("npgl,nol->pgo", ff, r) / (n * L)
+    a, delta, ff = a.double(), delta.double(), f.double().reshape(n, -1, group, f.shape[2])
+    Ad = damped(A.double(), damping_a)
+
+    def residual_cov(h: slice) -> Tensor:  # C = E[f r^T], r = delta - M A^-1 a, all on samples h
+        K = torch.linalg.solve(Ad, layer_gradient(a[h], delta[h]).T).T  # M A^-1
+        r = delta[h] - torch.einsum("od,ndl->nol", K, a[h])
+        return torch.einsum("npgl,nol->pgo", ff[h], r) / (r.shape[0] * L)
+
+    h1, h2 = halves(n, cross)
+    C1 = residual_cov(h1)
+    C2 = residual_cov(h2) if cross else C1
     Af = torch.einsum("npgl,nphl->pgh", ff, ff) / (n * L)
-    return L * trace_score(C, Af, G, damping_a, damping_g)
+    return scale * trace_score(C1, Af, G, damping_a, damping_g, C2)
 
 
 # --- running factors -------------------------------------------------------------------------------
@@ -124,11 +141,12 @@ class CurvatureTracker:
             self.handles.append(blk.register_forward_hook(self._block_hook(s, b)))
         self.handles.append(self.net.proj.register_forward_hook(self._proj_hook))
 
-    def start(self, mode: str | None, x: Tensor) -> None:
+    def start(self, mode: str | None, x: Tensor, max_positions: int | None = None) -> None:
         """Before a forward pass on batch ``x``: the same leading images of it feed every factor
-        (as many as ``max_positions`` input positions allow)."""
+        (as many as ``max_positions`` input positions allow; default: the tracker's)."""
         self.mode, self.n_batch = mode, x.shape[0]
-        self.n_sub = max(1, min(x.shape[0], self.max_positions // max(1, x[0, 0].numel())))
+        limit = self.max_positions if max_positions is None else max_positions
+        self.n_sub = max(2, min(x.shape[0], limit // max(1, x[0, 0].numel())))
 
     def _subset(self, t: Tensor) -> Tensor:
         return t[: self.n_sub]
@@ -263,10 +281,19 @@ class Candidate:
     eta: float  # eta of the layer reading the grown place (the reference of the ratio)
     params: int  # parameters it adds
     fan_in: Tensor | None = None  # width: the chosen proposals' input weights
-    recorded: float | None = None  # the score an event records, where not ``ratio`` (secnn)
+    recorded: float | None = None  # the score an event records, where not ``abs_score`` (secnn)
+    nu2: float = 1.0  # E||dl/dlogits||^2 of the decision batch
+
+    def effective(self, depth_cost: float) -> float:
+        return self.gain / (depth_cost if self.kind == "depth" else 1.0)
 
     def ratio(self, depth_cost: float) -> float:
-        return (self.gain / (depth_cost if self.kind == "depth" else 1.0)) / max(self.eta, 1e-30)
+        """``d_eta'/eta_layer`` (eta floored at 1e-6 nu^2: a cross-fitted eta can be ~0 or negative)."""
+        return self.effective(depth_cost) / max(self.eta, 1e-6 * self.nu2)
+
+    def abs_score(self, depth_cost: float) -> float:
+        """``d_eta'/||dL/dy||^2``."""
+        return self.effective(depth_cost) / self.nu2
 
 
 def width_params(net: ExpandableCNN, s: int, b: int, k: int) -> int:
@@ -291,10 +318,23 @@ def consumer_gradient(net: ExpandableCNN, rec: DecisionRecord, s: int, b: int) -
     return None if g is None else positions(g)
 
 
+@dataclass(frozen=True)
+class ScoreSettings:
+    damping_a: float = 1e-3
+    damping_g: float = 0.1
+    cross: bool = True  # cross-fitted halves of the decision batch (unbiased under "nothing to gain")
+    spatial: str = "correlated"  # KFC positions: "independent" (x T) or "correlated" (x 1)
+
+    def kw(self, positions_: int) -> dict:
+        return {"damping_a": self.damping_a, "damping_g": self.damping_g, "cross": self.cross,
+                "scale": float(positions_) if self.spatial == "independent" else 1.0}
+
+
 def score_block(net: ExpandableCNN, tracker: CurvatureTracker, s: int, b: int, k: int, n_proposals: int,
-                generator: torch.Generator, damping: tuple[float, float]) -> list[Candidate]:
-    """Width (``k`` channels, the best of ``n_proposals`` random fan-ins, scored jointly) and depth
-    (identity block after it) candidates at block (s, b); none where a factor is not ready."""
+                generator: torch.Generator, opts: ScoreSettings) -> list[Candidate]:
+    """Width (``k`` channels: the best of ``n_proposals`` random fan-ins on the first half of the
+    batch, scored jointly) and depth (identity block after it) candidates at block (s, b); none
+    where a factor is not ready."""
     rec, out = tracker.record, []
     A, G = tracker.consumer_factors(s, b)
     delta, y = consumer_gradient(net, rec, s, b), rec.y.get((s, b))
@@ -303,19 +343,23 @@ def score_block(net: ExpandableCNN, tracker: CurvatureTracker, s: int, b: int, k
     a = patches(consumer_input(net, s, b, y))
     if a.shape[1] != A.shape[0] or delta.shape[1] != G.shape[0]:
         return out
-    eta = float(layer_score(a, delta, A, G, *damping))
+    kw = opts.kw(a.shape[2])
+    eta = float(layer_score(a, delta, A, G, **kw))
     blk, x = net.stages[s][b], rec.x_in[(s, b)]
     cin = blk.conv.in_channels
     V = (torch.randn((n_proposals, cin, 3, 3), generator=generator) * (2.0 / (cin * 9)) ** 0.5).to(x)
     f = patches(consumer_input(net, s, b, candidate_features(blk, x, V)))
     group = f.shape[1] // n_proposals
-    each = width_gain(a, delta, f, group, A, G, *damping)
+    h1, _ = halves(f.shape[0], opts.cross)
+    each = width_gain(a[h1], delta[h1], f[h1], group, A, G, **{**kw, "cross": False})
     best = torch.argsort(each, descending=True, stable=True)[:k]
     rows = (best[:, None] * group + torch.arange(group, device=best.device)).flatten().to(f.device)
-    joint = float(width_gain(a, delta, f[:, rows], group * len(best), A, G, *damping)[0])
-    out.append(Candidate("width", s, b, joint, eta, width_params(net, s, b, len(best)), V[best.to(V.device)]))
+    joint = float(width_gain(a, delta, f[:, rows], group * len(best), A, G, **kw)[0])
+    out.append(Candidate("width", s, b, joint, eta, width_params(net, s, b, len(best)), V[best.to(V.device)],
+                         nu2=tracker.nu2))
     Ay, Gy, dy = tracker.get(f"out_{s}_{b}_A"), tracker.get(f"out_{s}_{b}_G"), rec.dy.get((s, b))
     if Ay is not None and Gy is not None and dy is not None:
-        gain = float(layer_score(patches(y), positions(dy), Ay, Gy, *damping))
-        out.append(Candidate("depth", s, b, gain, eta, depth_params(net, s, b)))
+        py = patches(y)
+        gain = float(layer_score(py, positions(dy), Ay, Gy, **opts.kw(py.shape[2])))
+        out.append(Candidate("depth", s, b, gain, eta, depth_params(net, s, b), nu2=tracker.nu2))
     return out
