@@ -141,6 +141,9 @@ class SessionModule(ContinualModule):
         if self.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         opt.step()
+        grow = getattr(self.strategy, "after_update", None)  # senn: may grow, editing the optimizer in place
+        if grow is not None and grow(self._optimizer, ctx):
+            self.params_changed = True
         self.last_loss = value
         self.updates += 1
         return None
@@ -166,6 +169,8 @@ class SessionDriver(L.Callback):
             self.run.strategy.on_epoch_start(pl_module.session, b.epoch, pl_module.context())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if getattr(pl_module, "params_changed", False):  # the model grew: a resume rebuilds the grown groups
+            self.run.start_grads, pl_module.params_changed = self.run._grads(), False
         b = self.batches[self.i]
         self.i += 1
         cur = self.run.cursor
@@ -414,6 +419,10 @@ class SessionExperiment(CheckpointedRun):
 
         plot = run_dir / "session_accuracy.png"
         plot_sessions(plot, results, f"{self.cfg.name} ({self.cfg.strategy})")
+        extra = getattr(self.strategy, "run_outputs", None)  # senn: growth events, architecture.json
+        if extra is not None:
+            results.update(extra(run_dir))
+            self.strategy.plot(run_dir, results, f"{self.cfg.name} ({self.cfg.strategy})")
         write_curve_csv(run_dir, results["evals"])
         write_session_csv(run_dir, results)
         return {"sessions": plot}
