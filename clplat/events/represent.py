@@ -74,14 +74,24 @@ def voxel_grid(ev: Events, bins: int, height: int, width: int, coords: Coords | 
     value = 1.0 - 2.0 * off.float()  # +1 ON, -1 OFF
     grid = event_hist(tstar, y, x, value, (bins, height, width), interp_c=True,
                       interp_xy=coords is not None, backend=backend)
-    if normalize:
-        nz = grid != 0
-        if int(nz.sum()) > 0:
-            vals = grid[nz]
-            mean = vals.mean()
-            std = vals.std() if vals.numel() > 1 else torch.zeros((), device=dev)
-            grid[nz] = (vals - mean) / std if float(std) > 0 else vals - mean
-    return grid
+    return _normalize_nonzero(grid) if normalize else grid
+
+
+def _normalize_nonzero(grid: torch.Tensor) -> torch.Tensor:
+    """(v - mean) / std over the non-zero entries only (std unbiased, as DSEC's representation
+    code); zeros stay zero. One nonzero() pass, then gathers and a scatter of the few touched
+    entries (boolean-mask indexing is several times slower on CPU)."""
+    flat = grid.reshape(-1)
+    idx = flat.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return grid
+    vals = flat.index_select(0, idx)
+    vals = vals - vals.mean()
+    if vals.numel() > 1:
+        std = vals.std()
+        if float(std) > 0:
+            vals = vals / std
+    return torch.zeros_like(flat).index_copy_(0, idx, vals).view_as(grid)
 
 
 def bin_stream(ev: Events, bin_us: int = 10_000, height: int | None = None, width: int | None = None,
