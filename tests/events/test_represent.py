@@ -116,3 +116,13 @@ def test_reference_equals_numpy_histogram():
     np.add.at(want, (1 - p, y, x), 1)
     got = counts(Events(x, y, np.arange(n), p, w, h), h, w)
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_on_cuda_matches_reference():
+    pytest.importorskip("triton")
+    for interp_c, interp_xy in [(False, False), (True, True)]:
+        c, y, x, v = (t.cuda() for t in _random(100_003, (7, 33, 65), seed=11))
+        want = event_hist_reference(c, y, x, v, (7, 33, 65), interp_c, interp_xy)
+        got = event_hist(c, y, x, v, (7, 33, 65), interp_c, interp_xy)  # auto picks Triton on CUDA
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
