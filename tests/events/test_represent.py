@@ -95,6 +95,28 @@ def test_triton_matches_reference(interpret, shape, interp_c, interp_xy):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision_values(interpret, dtype):
+    """Values (weights) may arrive in bf16/fp16; the sums are fp32 either way."""
+    c, y, x, v = _random(301, (3, 7, 9), seed=5)
+    v = v.to(dtype)
+    want = event_hist_reference(c, y, x, v.float(), (3, 7, 9), True, True)
+    got = event_hist(c, y, x, v, (3, 7, 9), True, True, backend="triton")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_env_forces_the_triton_path(interpret, monkeypatch):
+    import clplat.kernels.event_hist as eh
+
+    calls = []
+    real = eh.event_hist_triton
+    monkeypatch.setattr(eh, "event_hist_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("CLPLAT_KERNELS", "triton")
+    torch.testing.assert_close(counts(EV, 3, 3), counts(EV, 3, 3, backend="reference"))
+    assert calls
+
+
 def test_representations_on_the_triton_path(interpret):
     rng = np.random.default_rng(0)
     n = 500
