@@ -140,9 +140,12 @@ def event_hist_triton(
 def event_hist(
     c: torch.Tensor, y: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
     shape: tuple[int, int, int], interp_c: bool = False, interp_xy: bool = False,
-    backend: str | None = None,
+    backend: str | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dispatcher: Triton on CUDA (or when forced under TRITON_INTERPRET=1), the reference elsewhere."""
+    """Dispatcher: Triton on CUDA (or when forced under TRITON_INTERPRET=1), the reference elsewhere.
+    ``out`` (fp32, contiguous, ``shape``) is accumulated into and returned, so a preallocated
+    frame (zeroed by the caller) can be reused, e.g. inside a CUDA-graph step."""
     if choose_backend(c, backend) == "triton":
-        return event_hist_triton(c, y, x, v, shape, interp_c, interp_xy)
-    return event_hist_reference(c, y, x, v, shape, interp_c, interp_xy)
+        return event_hist_triton(c, y, x, v, shape, interp_c, interp_xy, out=out)
+    result = event_hist_reference(c, y, x, v, shape, interp_c, interp_xy)
+    return result if out is None else out.add_(result)

@@ -106,6 +106,15 @@ def test_triton_low_precision_values(interpret, dtype):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_out_accumulates_into_a_preallocated_frame(interpret, backend):
+    c, y, x, v = _random(200, (2, 5, 7), seed=8)
+    frame = torch.full((2, 5, 7), 1.5)
+    got = event_hist(c, y, x, v, (2, 5, 7), False, True, backend=backend, out=frame)
+    assert got is frame
+    torch.testing.assert_close(frame, 1.5 + event_hist_reference(c, y, x, v, (2, 5, 7), False, True))
+
+
 def test_env_forces_the_triton_path(interpret, monkeypatch):
     import clplat.kernels.event_hist as eh
 
