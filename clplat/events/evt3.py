@@ -82,10 +82,12 @@ def _vector_events(val, vec_pos, vec_is12, single, vec_base, vec_pol):
 
 def decode_words(words: np.ndarray, st: _State) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x, y, t, p) of one chunk of words; ``st`` carries the decoder state to the next chunk."""
-    typ = words >> 12
+    typ = (words >> 12).astype(np.uint8)
     val = words & 0xFFF
-    counts = {k: np.cumsum(typ == k, dtype=np.int32) for k in (0, 3, 6, 8)}  # running count per type
-    high_pos, low_pos, y_pos, base_pos = (np.flatnonzero(typ == k) for k in (8, 6, 0, 3))
+    masks = {k: typ == k for k in (0, 3, 6, 8)}
+    high_pos, low_pos, y_pos, base_pos = (np.flatnonzero(masks[k]) for k in (8, 6, 0, 3))
+    # running count of each state word type (the index of the latest one at every word)
+    counts = {k: np.cumsum(masks[k], dtype=np.int32) for k in (0, 6, 8)}
     # absolute TIME_HIGH values: a smaller raw value than the previous one is a 24-bit wrap
     raw_high = val[high_pos].astype(np.int64)
     prev = np.concatenate([[st.raw_high], raw_high[:-1]])
@@ -97,6 +99,7 @@ def decode_words(words: np.ndarray, st: _State) -> tuple[np.ndarray, np.ndarray,
     vec_pos = np.flatnonzero((typ == 4) | (typ == 5))
     vec_adv = np.where(typ[vec_pos] == 4, 12, 8)
     if len(vec_pos):
+        counts[3] = np.cumsum(masks[3], dtype=np.int32)
         # vector base: VECT_BASE_X value plus the advances (12 / 8) of vector words since it
         cum_adv = np.concatenate([[0], np.cumsum(vec_adv)])
         base_ref = (val[base_pos] & 0x7FF).astype(np.int64) - cum_adv[np.searchsorted(vec_pos, base_pos)]
