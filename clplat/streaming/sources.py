@@ -85,6 +85,25 @@ class FrameSpec:
         return cls(size=tuple(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]))  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class ResizeCropSpec(FrameSpec):
+    """torchvision's video preset (``VideoClassification``): every frame resized to ``resize``
+    (H, W) regardless of its aspect, then centre-cropped to ``size``, scaled and normalised.
+    Resizing uses OpenCV (area averaging when shrinking, which stands in for torchvision's
+    antialiased bilinear; bilinear when enlarging)."""
+
+    resize: tuple[int, int] = (128, 171)
+
+    def fit(self, image: np.ndarray) -> np.ndarray:
+        rh, rw = self.resize
+        th, tw = self.size
+        if image.shape[:2] != (rh, rw):
+            interp = cv2.INTER_AREA if image.shape[0] > rh else cv2.INTER_LINEAR
+            image = cv2.resize(np.ascontiguousarray(image), (rw, rh), interpolation=interp)
+        top, left = int(round((rh - th) / 2)), int(round((rw - tw) / 2))  # as torchvision's center_crop
+        return image[top:top + th, left:left + tw]
+
+
 @dataclass
 class Frame:
     """One frame: ``image`` is RGB ``uint8 (H, W, 3)`` at the source's resolution."""
@@ -118,6 +137,33 @@ class FrameSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EveryNth(FrameSource):
+    """Every ``n``-th frame of ``source`` (for a model trained at a lower frame rate); the
+    source's labels, skip count and end reason show through."""
+
+    def __init__(self, source: FrameSource, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        super().__init__(name=source.name if n == 1 else f"{source.name} (every {n}th frame)",
+                         fps=source.fps / n, class_names=source.class_names, has_labels=source.has_labels)
+        self.source, self.n = source, n
+
+    def __iter__(self) -> Iterator[Frame]:
+        kept = 0
+        try:
+            for i, frame in enumerate(self.source):
+                if i % self.n == 0:
+                    frame.index = kept
+                    kept += 1
+                    yield frame
+        finally:
+            self.skipped, self.end_reason = self.source.skipped, self.source.end_reason
+
+    def close(self) -> None:
+        super().close()
+        self.source.close()
 
 
 def _warn(message: str) -> None:
@@ -298,5 +344,5 @@ def open_source(spec: str, *, synthetic: MovingDigitsSpec | None = None, seed: i
                     "folder)")
 
 
-__all__ = ["Frame", "FrameSource", "FrameSpec", "ImageFolderSource", "SyntheticSource", "open_source",
-           "open_video", "open_webcam"]
+__all__ = ["EveryNth", "Frame", "FrameSource", "FrameSpec", "ImageFolderSource", "ResizeCropSpec", "SyntheticSource",
+           "open_source", "open_video", "open_webcam"]

@@ -13,7 +13,9 @@ conv pads one frame each side, so the stream lags the clip by the sum of the loo
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,7 +28,62 @@ from clplat.streaming.containers import Residual, StreamSequential
 from clplat.streaming.convert import ConvertOptions, convert_chain, convert_module, register_converter
 from clplat.streaming.module import StreamModule
 
-__all__ = ["mc3_18", "r2plus1d_18", "r3d_18"]
+__all__ = ["KineticsPreset", "build_video_model", "kinetics_preset", "mc3_18", "r2plus1d_18", "r3d_18",
+           "video_model_names"]
+
+# torchvision video models whose clip computation has no exact per-frame step, and why
+NOT_STREAMABLE = {
+    "s3d": "no streaming converter for its SepInceptionBlock3D branches yet",
+    "mvit_v1_b": "its attention mixes every frame of the clip (pooled attention over all T), which has no causal step",
+    "mvit_v2_s": "its attention mixes every frame of the clip (pooled attention over all T), which has no causal step",
+    "swin3d_t": "its shifted-window attention spans frames on both sides, which has no causal step",
+    "swin3d_s": "its shifted-window attention spans frames on both sides, which has no causal step",
+    "swin3d_b": "its shifted-window attention spans frames on both sides, which has no causal step",
+}
+
+
+@dataclass(frozen=True)
+class KineticsPreset:
+    """What torchvision's Kinetics-400 weights metadata says about a model (no download): class
+    names, the ``VideoClassification`` preprocessing, and the clip sampling it was evaluated with."""
+
+    categories: tuple[str, ...]
+    resize: tuple[int, int]
+    crop: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    frame_rate: float
+    clip_len: int
+
+
+def video_model_names() -> list[str]:
+    """Every video classifier torchvision builds (``torchvision.models.video``)."""
+    import torchvision.models.video as video
+    from torchvision.models import list_models
+
+    return sorted(list_models(module=video))
+
+
+def kinetics_preset(name: str) -> KineticsPreset:
+    """The Kinetics-400 preset of torchvision video model ``name`` (its first weights entry)."""
+    from torchvision.models import get_model_weights
+
+    weights = next(iter(get_model_weights(name)))
+    meta, tf = weights.meta, weights.transforms()
+    docs = meta.get("_docs", "")
+    rate = re.search(r"frame_rate=(\d+)", docs)
+    clip = re.search(r"clip_len=(\d+)", docs)
+    return KineticsPreset(
+        categories=tuple(meta["categories"]), resize=tuple(tf.resize_size), crop=tuple(tf.crop_size),  # type: ignore[arg-type]
+        mean=tuple(tf.mean), std=tuple(tf.std),  # type: ignore[arg-type]
+        frame_rate=float(rate.group(1)) if rate else 15.0, clip_len=int(clip.group(1)) if clip else 16)
+
+
+def build_video_model(name: str, num_classes: int) -> nn.Module:
+    """torchvision video model ``name`` with ``weights=None`` (nothing downloaded)."""
+    from torchvision.models import get_model_builder
+
+    return get_model_builder(name)(weights=None, num_classes=num_classes)
 
 
 def _build(factory, num_classes: int, state_dict: dict[str, torch.Tensor] | None) -> VideoResNet:
