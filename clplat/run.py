@@ -81,6 +81,9 @@ def print_session_summary(results: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"A_avg {cell(results['a_avg'])}   A_last {cell(results['a_last'])}   "
                   f"PD {cell(results['pd'])}")
+    if "architecture_summary" in results:  # senn: the grown network
+        console.print(f"final architecture: {results['architecture_summary']} ({results['backbone_params']} "
+                      f"backbone parameters, {len(results['growth'])} growth events)")
     console.print(f"run directory: {results['run_dir']}   wall time: {results['wall_time_s']:.1f} s")
 
 
