@@ -87,7 +87,7 @@ def decode_words(words: np.ndarray, st: _State) -> tuple[np.ndarray, np.ndarray,
     masks = {k: typ == k for k in (0, 3, 6, 8)}
     high_pos, low_pos, y_pos, base_pos = (np.flatnonzero(masks[k]) for k in (8, 6, 0, 3))
     # running count of each state word type (the index of the latest one at every word)
-    counts = {k: np.cumsum(masks[k], dtype=np.int32) for k in (0, 6, 8)}
+    counts = {k: np.add.accumulate(masks[k], dtype=np.int32) for k in (0, 6, 8)}
     # absolute TIME_HIGH values: a smaller raw value than the previous one is a 24-bit wrap
     raw_high = val[high_pos].astype(np.int64)
     prev = np.concatenate([[st.raw_high], raw_high[:-1]])
@@ -99,7 +99,7 @@ def decode_words(words: np.ndarray, st: _State) -> tuple[np.ndarray, np.ndarray,
     vec_pos = np.flatnonzero((typ == 4) | (typ == 5))
     vec_adv = np.where(typ[vec_pos] == 4, 12, 8)
     if len(vec_pos):
-        counts[3] = np.cumsum(masks[3], dtype=np.int32)
+        counts[3] = np.add.accumulate(masks[3], dtype=np.int32)
         # vector base: VECT_BASE_X value plus the advances (12 / 8) of vector words since it
         cum_adv = np.concatenate([[0], np.cumsum(vec_adv)])
         base_ref = (val[base_pos] & 0x7FF).astype(np.int64) - cum_adv[np.searchsorted(vec_pos, base_pos)]
@@ -108,10 +108,16 @@ def decode_words(words: np.ndarray, st: _State) -> tuple[np.ndarray, np.ndarray,
         word_of, x, p = _vector_events(val, vec_pos, vec_adv == 12, single, vec_base, vec_pol)
     else:
         word_of, x, p = single, val[single] & 0x7FF, (val[single] >> 11) & 1
-    c_low = counts[6]
-    carry = _latest(c_low, carries, st.carries, word_of) - _latest(counts[8], carries_at_high, st.carries_at_high,
-                                                                   word_of)
-    t = (_latest(counts[8], highs, st.high, word_of) + carry) * 4096 + _latest(c_low, lows, st.low, word_of)
+    # time at every time word (TIME_HIGH / TIME_LOW), then each event takes its latest one's
+    time_mask = masks[6] | masks[8]
+    time_pos = np.flatnonzero(time_mask)
+    t_words = _latest(counts[8], highs, st.high, time_pos)
+    if len(carries) and (carries[-1] != st.carries or st.carries != st.carries_at_high):  # implicit wraps
+        t_words += _latest(counts[6], carries, st.carries, time_pos) - _latest(
+            counts[8], carries_at_high, st.carries_at_high, time_pos)
+    t_words = t_words * 4096 + _latest(counts[6], lows, st.low, time_pos)
+    t_start = (st.high + st.carries - st.carries_at_high) * 4096 + st.low
+    t = _latest(np.add.accumulate(time_mask, dtype=np.int32), t_words, t_start, word_of)
     y = _latest(counts[0], val[y_pos] & 0x7FF, st.y, word_of)
     # carry the state into the next chunk
     last_low = low_pos[-1] if len(low_pos) else -1
