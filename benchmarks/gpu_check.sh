@@ -5,7 +5,9 @@
 #     bash benchmarks/gpu_check.sh --device cpu --tiny      # smoke run of every code path, no GPU
 #
 # 1. the kernel tests without the Triton interpreter (tests/kernels; test_gpu.py is collected
-#    only where CUDA is), 2.-4. benchmarks/gpu_bench.py: equivalence on CUDA, batch-1 latency and
+#    only where CUDA is), then the streaming demo headless on the device (python -m clplat.stream:
+#    eager, --cuda-graph, 8 streams batched, the ConvS5 predictor; GPU_CHECK_SKIP_DEMO=1 skips it),
+#    2.-4. benchmarks/gpu_bench.py: equivalence on CUDA, batch-1 latency and
 #    multi-stream throughput for X3D-S and r2plus1d_18 vs sliding-window recompute and
 #    continual-inference 1.2.4. Wheels in ./.whl (e.g. continual-inference) are installed first
 #    into a private folder, when the machine has no package index. Each part runs even if the
@@ -38,6 +40,22 @@ if [[ " $* " != *" --device cpu "* && -z "${GPU_CHECK_SKIP_TESTS:-}" ]]; then
       -m "not slow" 2>&1 | tee "$OUT/pytest_kernels.txt"
   rc=${PIPESTATUS[0]}
   [[ $rc -ne 0 ]] && status=$rc
+fi
+
+if [[ -z "${GPU_CHECK_SKIP_DEMO:-}" ]]; then
+  # the streaming demo end to end on the device, headless: eager, CUDA graphs, 8 streams in one
+  # batch through CUDA graphs, the ConvS5 predictor (summaries and latency JSONs in $OUT/demo_*)
+  dev=cuda; [[ " $* " == *" --device cpu "* ]] && dev=cpu
+  graph=(); [[ $dev == cuda ]] && graph=(--cuda-graph)
+  echo "## streaming demo on $dev"
+  for run in "eager:" "graph:${graph[*]}" "multi8:${graph[*]} --source synthetic,synthetic,synthetic,synthetic,synthetic,synthetic,synthetic,synthetic" \
+             "convs5:--model convs5_moving_digits"; do
+    name=${run%%:*}; read -r -a extra <<< "${run#*:}"
+    timeout 150 "$PY" -m clplat.stream --device "$dev" --max-frames 300 --no-window "${extra[@]}" \
+      --out "$OUT/demo_$name.mp4" 2>&1 | tee "$OUT/demo_$name.txt"
+    rc=${PIPESTATUS[0]}
+    [[ $rc -ne 0 && $status -eq 0 ]] && status=$rc
+  done
 fi
 
 echo "## gpu_bench"
