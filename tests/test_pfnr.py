@@ -194,8 +194,14 @@ def test_decode_command_equals_the_in_run_decode(tmp_path: Path) -> None:
     from clplat.pfnr.experiment import digest
 
     res, run_dir = run_tiny(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a new process's default; the command must decode with the run's threads=1
+    try:
+        for k in (0, 2):
+            assert main(["decode", str(run_dir), "--session", str(k), "--out", str(tmp_path / f"v{k}.npy")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     for k in (0, 2):
-        assert main(["decode", str(run_dir), "--session", str(k), "--out", str(tmp_path / f"v{k}.npy")]) == 0
         assert digest(torch.from_numpy(np.load(tmp_path / f"v{k}.npy"))) == res["decode_sha256"][k]
     assert main(["decode", str(run_dir), "--session", "1", "--out", str(tmp_path / "v.mp4")]) == 0
     with av.open(str(tmp_path / "v.mp4")) as c:

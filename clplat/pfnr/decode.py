@@ -32,6 +32,8 @@ def load_run_strategy(run_dir: str | Path):
     cfg = build_config(yaml.safe_load(cfg_path.read_text()))
     if not hasattr(STRATEGIES.get(cfg.strategy), "session_experiment"):
         raise UserError(f"{rd} is a '{cfg.strategy}' run, not a video representation run")
+    if cfg.threads:  # CPU kernels sum in a thread-count-dependent order: decode as the run did
+        torch.set_num_threads(cfg.threads)
     shape = (3, *cfg.data.size)
     state = load_checkpoint(rd / CHECKPOINT)
     backbone = build_backbone(cfg.backbone, shape)
