@@ -1,7 +1,7 @@
 """The PFNR results table of ``docs/results.md``: PFNR (c = 30 %, 50 %), WSN (no FSO), a fine-tuned
 NeRV and one NeRV per video on the built-in videos, seeds 1-3, each a normal ``python -m clplat.run``.
 
-    nice -n 10 python benchmarks/run_pfnr.py                  # runs/pfnr_results/, skips finished runs
+    nice -n 10 python benchmarks/run_pfnr.py --jobs 3         # runs/pfnr_results/, skips finished runs
     python benchmarks/run_pfnr.py --seeds 1 --epochs 5        # a quick look
     python benchmarks/run_pfnr.py --report-only               # table from the finished runs
 
@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +41,8 @@ def run_one(method: str, seed: int, out: Path, extra: list[str]) -> dict:
         config, overrides = METHODS[method]
         cmd = [sys.executable, "-m", "clplat.run", config, *overrides, f"seed={seed}", f"name={name}",
                f"logging.runs_dir={out}", "logging.progress=false", "threads=1", *extra]
+        if (out / name / "checkpoints" / "last.pt").is_file():  # a run this script started and lost
+            cmd = [sys.executable, "-m", "clplat.run", "--resume", str(out / name)]
         print("$", " ".join(cmd[1:]), flush=True)
         done = subprocess.run(cmd, cwd=REPO, env={**__import__("os").environ, "WANDB_MODE": "disabled"})
         if done.returncode != 0 or not result.is_file():
@@ -71,19 +74,22 @@ def table(runs: dict[str, list[dict]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if "replaces" not in m], choices=list(METHODS),
+                   help="default: all but the FSO-replace ablation")
     p.add_argument("--out", default=str(REPO / "runs" / "pfnr_results"))
     p.add_argument("--epochs", type=int, help="override the epochs per session (quick looks only)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--jobs", type=int, default=1, help="runs at the same time (each uses one thread)")
     args = p.parse_args()
     out = Path(args.out)
     extra = [f"sessions.base.epochs={args.epochs}", f"sessions.incremental.epochs={args.epochs}"] if args.epochs else []
+    todo = [(m, seed) for seed in args.seeds for m in args.methods  # seed-major: a partial table covers all methods
+            if not args.report_only or (out / run_name(m, seed) / "results.json").is_file()]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own 1-thread process
+        done = list(pool.map(lambda ms: run_one(ms[0], ms[1], out, extra), todo))
     runs: dict[str, list[dict]] = {}
-    for method in args.methods:
-        for seed in args.seeds:
-            if args.report_only and not (out / run_name(method, seed) / "results.json").is_file():
-                continue
-            runs.setdefault(method, []).append(run_one(method, seed, out, extra))
+    for (method, _), r in zip(todo, done, strict=True):
+        runs.setdefault(method, []).append(r)
     text = table(runs)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
