@@ -173,10 +173,53 @@ def part_b(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- part (c): flow-net step latency
 def part_c(args: argparse.Namespace) -> None:
     """Part (c), step latency per 10 ms bin and bins/s of the flow nets at 346x260 and 640x480,
-    eager and compiled, against recomputing a 100 ms window. OWNED BY HELPER E2 (issue 12 point 4):
-    this section is filled where the nets live; until then it says so instead of printing numbers."""
-    print(json.dumps({"part": "c", "status": "not measured here yet: the flow nets' step benchmark is added "
-                      "with the nets (clplat/streaming/evflow)"}))
+    eager and compiled (``clplat.streaming.compile_step``), against recomputing the whole 100 ms
+    window (10 bins) from a fresh state for every output. Written by helper E2 (issue 12 point 5).
+    The CPU-sized nets are the shipped configs; ``--paper`` adds the paper's width 64."""
+    from clplat.streaming import compile_step
+    from clplat.streaming.models.evflow_common import EventFlowConfig, build_evflow
+
+    variants = [("evflow_lstm", 4, 2), ("evflow_snn", 8, 2)]
+    if args.paper:
+        variants += [("evflow_lstm", 64, 1), ("evflow_snn", 64, 1)]
+    sizes = [(260, 346), (480, 640)] if not args.smoke else [(48, 64)]
+    steps = 5 if args.smoke else 50
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev, (arch, width, ds), (h, w) in ((d, v, s) for d in devices for v in variants for s in sizes):
+        torch.manual_seed(0)
+        net = build_evflow(EventFlowConfig.model_validate({"arch": arch, "width": width, "downsample": ds}))
+        net = net.eval().to(dev)
+        bins = (torch.rand(steps + 10, 1, 2, h, w, device=dev) < 0.05).float()  # ~5 % of pixels fire per bin
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+        modes = {"eager": net.step}
+        if not args.no_compile:
+            modes["compiled"] = compile_step(net)
+        row = {"part": "c", "arch": arch, "width": width, "downsample": ds, "size": f"{w}x{h}", "device": dev,
+               "parameters": sum(p.numel() for p in net.parameters())}
+        with torch.inference_mode():
+            for mode, step in modes.items():
+                state = None
+                for k in range(10):  # warm-up (compiles the steady phase)
+                    _, state = step(bins[k], state)
+                sync()
+                times = []
+                for k in range(10, steps + 10):
+                    t0 = time.perf_counter()
+                    _, state = step(bins[k], state)
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                ms = 1e3 * float(np.median(times))
+                row.update({f"{mode}_ms_per_bin": round(ms, 3), f"{mode}_bins_per_s": round(1e3 / ms, 1)})
+            window = bins[:10, 0].movedim(0, 1)[None]  # (1, 2, 10, H, W): the last 100 ms
+
+            def recompute(net=net, window=window, sync=sync):
+                net.forward_sequence(window)
+                sync()
+
+            ms = 1e3 * best_of(recompute, args.repeats)
+            row.update({"window_recompute_ms_per_bin": round(ms, 3), "window_recompute_bins_per_s": round(1e3 / ms, 1),
+                        "eager_speedup_vs_window": round(ms / row["eager_ms_per_bin"], 2)})
+        print(json.dumps(row))
 
 
 def main() -> None:
@@ -186,6 +229,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: only checks that everything runs")
+    ap.add_argument("--paper", action="store_true", help="part (c): also the paper-sized flow nets (width 64)")
+    ap.add_argument("--no-compile", action="store_true", help="part (c): eager steps only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.smoke:
