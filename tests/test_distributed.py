@@ -170,7 +170,6 @@ def test_online_two_processes_match_one(tmp_path: Path) -> None:
     diff = abs(two["metrics"]["A_auc"] - one["metrics"]["A_auc"]) * 100
     assert diff <= 0.5, f"A_auc differs by {diff:.3f} points"
     assert _compare_states(Path(one["run_dir"]), two_dir) < 1e-4  # float summation order only
-    assert not (two_dir / "checkpoints" / "rank1").exists()
 
 
 @pytest.mark.slow

@@ -400,7 +400,7 @@ class SessionExperiment(CheckpointedRun):
                             disable=None, mininterval=0.5)
         try:
             while not self.cursor.finished and not self.interrupted:
-                if self.stop_signal is not None:
+                if any_rank(self.stop_signal is not None):  # DDP: all processes or none
                     self.interrupted = True
                     break
                 self.run_session(self.cursor.session)
