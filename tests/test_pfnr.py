@@ -211,7 +211,6 @@ def test_decode_command_equals_the_in_run_decode(tmp_path: Path) -> None:
     assert not (tmp_path / "x.npy").exists()
 
 
-@pytest.mark.slow
 def test_resume_mid_session_equals_uninterrupted(tmp_path: Path, monkeypatch) -> None:
     from clplat.engine.experiment import resume_experiment
     from clplat.pfnr.experiment import VideoSessionExperiment

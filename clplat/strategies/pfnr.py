@@ -181,6 +181,9 @@ class PFNR(Strategy):
 
     def training_loss(self, x: Tensor, y: Tensor, ctx: StreamContext) -> Tensor:
         s = ctx.session
+        if int(self.offsets[s + 1]) <= int(self.offsets[s]):
+            raise UserError("strategy pfnr runs with regime: sessions, data.dataset: videos and "
+                            "scenario.kind: video_sessions")
         self.verify_frozen()  # the previous optimizer step left earlier sessions' weights alone
         pred = self.render(s, y - self.offsets[s], train=True)
         return fusion_loss(pred, x, self.cfg.l1_weight)
