@@ -6,7 +6,8 @@
 #
 # 1. the kernel tests without the Triton interpreter (tests/kernels; test_gpu.py is collected
 #    only where CUDA is), then the streaming demo headless on the device (python -m clplat.stream:
-#    eager, --cuda-graph, 8 streams batched, the ConvS5 predictor; GPU_CHECK_SKIP_DEMO=1 skips it),
+#    eager, --cuda-graph (fp32 and --bf16), 8 streams batched, the ConvS5 predictor;
+#    GPU_CHECK_SKIP_DEMO=1 skips it),
 #    2.-4. benchmarks/gpu_bench.py: equivalence on CUDA, batch-1 latency and
 #    multi-stream throughput for X3D-S and r2plus1d_18 vs sliding-window recompute and
 #    continual-inference 1.2.4. Wheels in ./.whl (e.g. continual-inference) are installed first
@@ -48,7 +49,8 @@ if [[ -z "${GPU_CHECK_SKIP_DEMO:-}" ]]; then
   dev=cuda; [[ " $* " == *" --device cpu "* ]] && dev=cpu
   graph=(); [[ $dev == cuda ]] && graph=(--cuda-graph)
   echo "## streaming demo on $dev"
-  for run in "eager:" "graph:${graph[*]}" "multi8:${graph[*]} --source synthetic,synthetic,synthetic,synthetic,synthetic,synthetic,synthetic,synthetic" \
+  bf16=(); [[ $dev == cuda ]] && bf16=(--cuda-graph --bf16)
+  for run in "eager:" "graph:${graph[*]}" "graph_bf16:${bf16[*]}" "multi8:${graph[*]} --source synthetic,synthetic,synthetic,synthetic,synthetic,synthetic,synthetic,synthetic" \
              "convs5:--model convs5_moving_digits"; do
     name=${run%%:*}; read -r -a extra <<< "${run#*:}"
     timeout 150 "$PY" -m clplat.stream --device "$dev" --max-frames 300 --no-window "${extra[@]}" \

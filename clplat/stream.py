@@ -2,7 +2,7 @@
 
     python -m clplat.stream [--model NAME | WEIGHTS | SCHEME:NAME] [--source SPEC[,SPEC...]]
                             [--out annotated.mp4] [--stats stats.json] [--max-frames N]
-                            [--device cpu|cuda] [--compile] [--cuda-graph] [model kind flags]
+                            [--device cpu|cuda] [--compile] [--cuda-graph [--bf16]] [model kind flags]
     python -m clplat.stream train CONFIG.yaml [key.sub=value ...]
 
 With no arguments it plays 300 frames of held-out synthetic moving digits through the shipped
@@ -136,6 +136,8 @@ def build_parser(app_cls: type[StreamApp] | None = None) -> argparse.ArgumentPar
     p.add_argument("--cuda-graph", action="store_true",
                    help="with --device cuda: replay the step as CUDA graphs (clplat.streaming.cuda_graph); "
                         "with --compile the graphs hold Inductor's kernels")
+    p.add_argument("--bf16", action="store_true",
+                   help="with --cuda-graph: run a bfloat16 copy of the network (outputs in bf16)")
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic source (held-out data)")
     p.add_argument("--no-window", action="store_true", help="never open a window, even with a display")
     if app_cls is not None:

@@ -204,10 +204,12 @@ def test_predictor_app_user_errors(args: list[str], message: str, tiny_predictor
 def test_cuda_requests_without_cuda_are_one_line(capsys: pytest.CaptureFixture) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    for args in (["--device", "cuda"], ["--device", "cuda", "--cuda-graph"], ["--cuda-graph"]):
+    for args, message in ((["--device", "cuda"], "CUDA is not available"),
+                          (["--device", "cuda", "--cuda-graph"], "CUDA is not available"),
+                          (["--cuda-graph"], "--cuda-graph needs --device cuda"),
+                          (["--bf16"], "--bf16 needs --cuda-graph")):
         assert main(["--max-frames", "2", *args]) == 2
-        err = _one_line(capsys)
-        assert "CUDA is not available" in err or "--cuda-graph needs --device cuda" in err
+        assert message in _one_line(capsys)
 
 
 def test_ssm_step_is_public_and_is_a_complex_multiply_add() -> None:

@@ -159,11 +159,15 @@ class StreamApp:
             raise UserError(f"{flag} is not available for {type(self).__name__} models ({self.ref.text})")
         if cuda_graph and self.device.type != "cuda":
             raise UserError("--cuda-graph needs --device cuda")
+        bf16 = getattr(args, "bf16", False)
+        if bf16 and not cuda_graph:
+            raise UserError("--bf16 needs --cuda-graph (the bf16 copy of the network runs in the CUDA graphs)")
         self.stream = stream.eval().to(self.device)
         if cuda_graph:
             from clplat.streaming.cuda_graph import cuda_graph_step
 
-            self.step_fn = cuda_graph_step(self.stream, compile=args.compile)
+            self.step_fn = cuda_graph_step(self.stream, compile=args.compile,
+                                           dtype=torch.bfloat16 if bf16 else None)
             return
         if args.compile:
             from clplat.streaming import compile_step
