@@ -118,13 +118,13 @@ def _sensor_size(path: Path, fmt: str | None) -> tuple[int, int]:
     return hi_y + 1, hi_x + 1
 
 
-def _file_truth(path: Path, bin_us: int, target_bins: int, t_first: int | None):
+def _file_truth(path: Path, bin_us: int, target_bins: int):
     """Ground truth of a scene file (per-bin flow chained over the target window), or None."""
     from clplat.events.scenes import read_scene_flow
 
     gt = read_scene_flow(path) if path.suffix in (".h5", ".hdf5") else None
     if gt is None:
-        return None, t_first
+        return None, None
     if gt["bin_us"] != bin_us:
         raise UserError(f"{path}: its ground truth has {gt['bin_us']} us bins, the model steps {bin_us} us bins")
     flows, valids = torch.from_numpy(gt["flow"]).float(), torch.from_numpy(gt["valid"])
@@ -179,7 +179,7 @@ def open_event_source(spec: str, bin_us: int, target_bins: int, seed: int = 0, f
         raise UserError(f"event file not found: {path}")
     fmt = detect_format(path, format)
     h, w = size or _sensor_size(path, fmt)
-    truth, t0 = _file_truth(path, bin_us, target_bins, None)
+    truth, t0 = _file_truth(path, bin_us, target_bins)
     windows = iter_windows(path, bin_us, t_start_us=t0, format=fmt)
     return EventBinSource(f"{path.name} ({fmt})", windows, h, w, bin_us, truth, t0_us=t0 or 0)
 
