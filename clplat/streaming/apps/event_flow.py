@@ -41,14 +41,15 @@ def flow_colours(flow: Tensor, max_px: float) -> np.ndarray:
 class EventFlowTrack(StreamTrack):
     """One stream: the last flow, EPE of the bin and the run's EPE/nPE sums."""
 
-    def __init__(self, app: EventFlowApp, has_truth: bool) -> None:
+    def __init__(self, app: EventFlowApp) -> None:
         from clplat.streaming.evflow.metrics import FlowScores
 
-        self.app, self.has_truth = app, has_truth
+        self.app = app
         self.scores = FlowScores()
         self.flow: Tensor | None = None
         self.epe: float | None = None
         self.events = 0
+        self.step_ms = 0.0
 
     def input(self, frame: EventBin) -> Tensor:
         return frame.bins[None]
@@ -128,7 +129,7 @@ class EventFlowApp(StreamApp):
                                  sensor_size=getattr(self.args, "sensor_size", None))
 
     def track(self, source: Any) -> StreamTrack:
-        return EventFlowTrack(self, getattr(source, "has_truth", False))
+        return EventFlowTrack(self)
 
     def lines(self, stream_summary: dict[str, Any]) -> list[str]:
         s = stream_summary.get("flow_scores")

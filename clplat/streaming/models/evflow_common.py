@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from clplat.registry import Registry, TaggedConfig
@@ -37,7 +37,6 @@ EVFLOW_MODELS: Registry[type] = Registry("event-flow model", "clplat.streaming.m
 class EventFlowConfig(TaggedConfig):
     """The ``model`` section of an event-flow config: ``arch`` picks the registered network."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
     tag_field: ClassVar[str] = "arch"
 
     arch: str = "evflow_lstm"
