@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
+from torch import Tensor
 
 from clplat.backbones.cct import CCT
 from clplat.engine.task_eval import task_metrics
@@ -188,7 +189,7 @@ def test_entropy_picks_the_task_whose_16_view_mean_is_most_certain(monkeypatch):
     clean = {0: torch.tensor([[6.0, 0.0], [8.0, 0.0]]), 1: torch.tensor([[0.0, 1.0], [0.0, 0.0]])}
     aug = {0: torch.tensor([[0.0, 0.0], [0.0, 0.0]]), 1: torch.tensor([[0.0, 8.0], [0.0, 1.5]])}
 
-    def fake(x, t):
+    def fake(x, t, embedded=False):
         b = 2
         return torch.cat([clean[t], aug[t].repeat(x.shape[0] // b - 1, 1)])
 
@@ -244,8 +245,13 @@ def test_save_load_keeps_every_task_and_kernel_size_is_checked():
         for t in range(3):
             assert torch.equal(fresh.task_logits(x, t), s.task_logits(x, t))
     assert [a.head.out_features for a in fresh.adapters] == [2, 3, 2]
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(UserError, match="kernel_size 3; this config has .* and 5"):
         ConTraCon(ContraconConfig(kernel_size=5), _cct(), 7, (3, 16, 16)).load_state_dict(s.state_dict())
+    four = ConTraCon(ContraconConfig(kernel_size=3), _cct(heads=4), 7, (3, 16, 16))  # same weight shapes
+    with pytest.raises(UserError, match=r"\[2, 2\] attention heads .* this config has \[4, 4\]"):
+        four.load_state_dict(s.state_dict())
+    old = {k: v for k, v in s.state_dict().items() if k != "layout"}  # a checkpoint from before the layout
+    fresh.load_state_dict(old)
 
 
 def test_bad_kernel_sizes_are_refused():
@@ -387,3 +393,96 @@ def test_evaluate_tasks_scores_til_cil_and_task_id_separately():
                                 samples_seen=0, session=1)
     assert rec.total == [1, 1, 1, 2] and rec.correct == [1, 0, 0, 0]
     assert extra == {"til_correct": [1, 1, 1, 0], "task_correct": [1, 1, 0, 0]}
+
+
+def test_shared_tokens_give_the_task_ids_and_logits_of_16_full_forwards(monkeypatch):
+    """identify_tasks embeds the 11 images once and runs only the encoder per task; the reference
+    runs each of the 16 views (6 clean + 10 augmented) through the whole network per task."""
+    import clplat.strategies.contracon as cc
+
+    torch.manual_seed(0)
+    s = _strategy(classes=(2, 3, 2)).eval()
+    with torch.no_grad():
+        for a in s.adapters:
+            a.head.weight.normal_(0.0, 1.0)
+            for n in a.norms:
+                n.weight.normal_(1.0, 0.3)
+    seen: dict[int, Tensor] = {}
+    real = cc.entropy_task_id
+    monkeypatch.setattr(cc, "entropy_task_id", lambda f, n, b, eps: real(
+        lambda t: seen.setdefault(t, f(t)), n, b, eps))
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        tid, clean = s.identify_tasks(x, _ctx(7, 2))
+        views = [x] * 6 + list(task_id_views(x).chunk(10))
+        ent = []
+        for t in range(3):
+            full = [s.task_logits(v, t) for v in views]
+            torch.testing.assert_close(seen[t], torch.cat(full[5:]), rtol=1e-5, atol=1e-5)  # clean + 10 views
+            torch.testing.assert_close(clean[t], full[0], rtol=1e-5, atol=1e-5)
+            p = torch.softmax(torch.stack(full).mean(0), 1)
+            ent.append(-(p * torch.log(p + 1e-4)).sum(1))
+    assert torch.equal(tid, torch.stack(ent).argmin(0))
+
+
+def test_plots_of_a_task_incremental_run(tmp_path):
+    from clplat.engine.plots import plot_task_results
+
+    res = {"til_matrix": [[90.0], [88.0, 70.0]], "cil_matrix": [[90.0], [60.0, 20.0]], "til_acc": 79.0,
+           "cil_acc": 40.0, "params_per_task": [1000, 50]}
+    paths = plot_task_results(tmp_path, res, "t")
+    assert [p.name for p in paths] == ["til_matrix.png", "cil_matrix.png", "params_per_task.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert len(plot_task_results(tmp_path, {**res, "params_per_task": None}, "t")) == 2
+
+
+# --- bad input through the CLI: one line, exit code 2 ---------------------------------------------
+def _one_error_line(res) -> str:
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [
+    ("contracon.kernel_size=4", "kernel_size must be odd"),
+    ("contracon.kernel_size=33", "contracon.kernel_size=33 is larger than a head's weight slice (32 x 64)"),
+    ("scenario.n_tasks=3", "does not divide"),
+])
+def test_bad_contracon_input_exits_2_with_one_line(tmp_path, override, message):
+    from tests.conftest import REPO, run_cli
+
+    res = run_cli(["clplat.run", str(REPO / "experiments/contracon_digits.yaml"), override,
+                   f"logging.runs_dir={tmp_path}", "logging.progress=false"])
+    assert message in _one_error_line(res)
+    assert not any(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.slow
+def test_resume_with_other_attention_heads_exits_2_with_one_line(tmp_path):
+    """A run's config.yaml edited to 4 heads (same weight shapes as 2): the resume refuses it."""
+    import yaml
+
+    from clplat.config import build_config
+    from clplat.engine.rundir import write_config
+    from clplat.engine.sessions import SessionExperiment
+    from tests.conftest import run_cli
+
+    phase = {"epochs": 1, "batch_size": 64, "optim": {"name": "adamw", "lr": 0.005}}
+    raw = {"name": "cc", "seed": 1, "threads": 1, "strategy": "contracon", "regime": "sessions",
+           "data": {"dataset": "digits", "image_size": 16},
+           "scenario": {"kind": "task_incremental", "n_tasks": 5, "class_order": "contiguous"},
+           "backbone": {"name": "cct", "kwargs": {"num_layers": 1, "num_heads": 2, "embedding_dim": 16}},
+           "sessions": {"base": phase, "incremental": phase}, "contracon": {"kernel_size": 3},
+           "logging": {"wandb": "disabled", "progress": False}}
+    cfg = build_config(raw)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_config(run_dir, cfg.to_dict())
+    SessionExperiment(cfg, run_dir).save_checkpoint()
+    edited = yaml.safe_load((run_dir / "config.yaml").read_text())
+    edited["backbone"]["kwargs"]["num_heads"] = 4
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(edited))
+    line = _one_error_line(run_cli(["clplat.run", "--resume", str(run_dir)]))
+    assert "[1] attention heads" not in line and "[2] attention heads per projection" in line
+    assert "this config has [4]" in line and not (run_dir / "results.json").exists()

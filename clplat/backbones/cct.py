@@ -128,8 +128,14 @@ class CCT(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.tokenizer(x) + self.pos_embed
+    def embed(self, x: Tensor) -> Tensor:
+        """Images -> tokens plus positions: the part before the encoder layers (ConTraCon shares it
+        across tasks, so task identification computes it once per image, not once per task)."""
+        return self.tokenizer(x) + self.pos_embed
+
+    def forward(self, x: Tensor, embedded: bool = False) -> Tensor:
+        """Pooled features of images ``x`` (or of tokens from :meth:`embed` when ``embedded``)."""
+        x = x if embedded else self.embed(x)
         for blk in self.blocks:
             x = blk(x)
         x = self.norm(x)

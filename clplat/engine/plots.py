@@ -83,3 +83,36 @@ def plot_sessions(path: Path, results: dict[str, Any], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_task_results(run_dir: Path, results: dict[str, Any], title: str) -> list[Path]:
+    """A task-incremental run: ``til_matrix.png`` / ``cil_matrix.png`` (accuracy on task j's test
+    samples after task i, task given / task inferred) and ``params_per_task.png`` (parameters each
+    task adds and their running total), when the strategy counts them."""
+    paths = []
+    for key, what in (("til_matrix", "TIL (task given)"), ("cil_matrix", "CIL (task inferred)")):
+        path = run_dir / f"{key}.png"
+        n = len(results[key])  # row i has tasks 0..i: pad the lower-triangular matrix with None
+        frac = [[None if v is None else v / 100 for v in row] + [None] * (n - len(row)) for row in results[key]]
+        plot_matrix(path, frac, f"{title}: {what}, final {results[key.split('_')[0] + '_acc']:.1f}")
+        paths.append(path)
+    per = results.get("params_per_task")
+    if per:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(per) + 2), 4))
+        xs = list(range(len(per)))
+        ax.bar(xs, per, color="tab:blue", alpha=0.6, label="added by the task")
+        ax.plot(xs, [sum(per[: i + 1]) for i in xs], marker="o", color="tab:red", label="total after the task")
+        ax.set_yscale("log")
+        ax.set_xlabel("task")
+        ax.set_ylabel("parameters")
+        ax.set_xticks(xs)
+        ax.set_title(f"{title}: parameters, total {sum(per):,}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="center right")
+        fig.tight_layout()
+        path = run_dir / "params_per_task.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -413,12 +413,14 @@ class SessionExperiment(CheckpointedRun):
 
     def write_outputs(self, run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
         """Plots and CSVs beside results.json; returns the plots W&B gets."""
-        from clplat.engine.plots import plot_sessions
+        from clplat.engine.plots import plot_sessions, plot_task_results
         from clplat.engine.rundir import write_curve_csv
         from clplat.engine.session_metrics import write_session_csv
 
         plot = run_dir / "session_accuracy.png"
         plot_sessions(plot, results, f"{self.cfg.name} ({self.cfg.strategy})")
+        if "til_matrix" in results:  # task_incremental: TIL/CIL matrices, parameters per task
+            plot_task_results(run_dir, results, f"{self.cfg.name} ({self.cfg.strategy})")
         extra = getattr(self.strategy, "run_outputs", None)  # senn: growth events, architecture.json
         if extra is not None:
             results.update(extra(run_dir))

@@ -26,7 +26,7 @@ from torch.func import functional_call
 from clplat.errors import UserError
 from clplat.strategies import STRATEGIES
 from clplat.strategies.base import Strategy, StrategyConfig, StreamContext
-from clplat.strategies.contracon_views import N_CLEAN, task_id_views
+from clplat.strategies.contracon_views import entropy_task_id, task_id_views
 from clplat.strategies.heads import linear_head
 
 
@@ -139,6 +139,8 @@ class ConTraCon(Strategy):
             if name in self.replaced:
                 p.requires_grad_(False)
         self.adapters = nn.ModuleList()
+        # attention heads of every re-weighted projection, then k: a resume must re-group the same way
+        self.register_buffer("layout", torch.tensor([p.heads for p in self.projections] + [cfg.kernel_size]))
         self._cache: dict[int, tuple[tuple[int, ...], dict[str, Tensor]]] = {}
 
     # --- per-task state -----------------------------------------------------------------------
@@ -191,9 +193,11 @@ class ConTraCon(Strategy):
             self._cache[task] = (version, out)  # evaluation: adapted weights once per task, not per batch
         return out
 
-    def task_logits(self, x: Tensor, task: int) -> Tensor:
-        """Task ``task``'s own logits ``(B, C_task)``."""
-        feats = functional_call(self.backbone, self.overrides(task), (x,), strict=False)
+    def task_logits(self, x: Tensor, task: int, embedded: bool = False) -> Tensor:
+        """Task ``task``'s own logits ``(B, C_task)`` of images ``x`` (tokens of ``backbone.embed``
+        when ``embedded``: that part uses no per-task tensor)."""
+        kwargs = {"embedded": True} if embedded else {}
+        feats = functional_call(self.backbone, self.overrides(task), (x,), kwargs, strict=False)
         return self.adapters[task].head(feats)
 
     def train(self, mode: bool = True) -> ConTraCon:
@@ -230,19 +234,17 @@ class ConTraCon(Strategy):
     def identify_tasks(self, x: Tensor, ctx: StreamContext) -> tuple[Tensor, list[Tensor]]:
         """Per image, the task whose view-averaged softmax has the lowest entropy, and every task's
         clean-image logits. One forward per task over the clean batch plus its 10 augmented views;
-        the 6 identical clean views of the recipe enter the mean with weight 6 (eval mode: equal)."""
+        a backbone with ``embed`` (the CCT: tokenizer + positions, frozen and shared by every task)
+        embeds them once and only the encoder runs per task."""
         n_tasks = min(len(self.adapters), ctx.session + 1)
         aug = task_id_views(x, getattr(ctx.augment, "mean", None), getattr(ctx.augment, "std", None))
-        n_aug, b = aug.shape[0] // x.shape[0], x.shape[0]
-        entropies, clean = [], []
-        for t in range(n_tasks):
-            logits = self.task_logits(torch.cat([x, aug]), t)
-            c, a = logits[:b], logits[b:].reshape(n_aug, b, -1)
-            mean = (N_CLEAN * c + a.sum(0)) / (N_CLEAN + n_aug)
-            p = torch.softmax(mean, dim=1)
-            entropies.append(-(p * torch.log(p + self.cfg.entropy_eps)).sum(1))
-            clean.append(c)
-        return torch.stack(entropies).argmin(0), clean
+        views = torch.cat([x, aug])
+        embed = getattr(self.backbone, "embed", None)
+        if callable(embed):
+            tokens = embed(views)
+            return entropy_task_id(lambda t: self.task_logits(tokens, t, embedded=True), n_tasks,
+                                   x.shape[0], self.cfg.entropy_eps)
+        return entropy_task_id(lambda t: self.task_logits(views, t), n_tasks, x.shape[0], self.cfg.entropy_eps)
 
     def predict(self, x: Tensor, ctx: StreamContext) -> Tensor:
         """Class-incremental: the identified task's head on the clean image; -inf elsewhere."""
@@ -264,7 +266,16 @@ class ConTraCon(Strategy):
         return [shared + per[0], *per[1:]] if per else []
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
-        """Creates the adapters the checkpoint holds (sizes from its heads) before loading."""
+        """Creates the adapters the checkpoint holds (sizes from its heads) before loading. A
+        checkpoint made with other attention heads or another kernel size is a ``UserError``: the
+        task-0 weights would load (same shapes) but be split into other heads' slices."""
+        saved = state_dict.get("layout")
+        if saved is not None and saved.tolist() != self.layout.tolist():
+            raise UserError(f"contracon checkpoint has {saved[:-1].tolist()} attention heads per projection and "
+                            f"kernel_size {int(saved[-1])}; this config has {self.layout[:-1].tolist()} and "
+                            f"{int(self.layout[-1])}")
+        if saved is None:  # a checkpoint from before the layout was recorded
+            state_dict = {**state_dict, "layout": self.layout}
         heads = {int(m.group(1)): v.shape[0] for k, v in state_dict.items()
                  if (m := re.fullmatch(r"adapters\.(\d+)\.head\.weight", k))}
         if sorted(heads) != list(range(len(heads))):

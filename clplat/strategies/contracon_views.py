@@ -51,6 +51,24 @@ def from_uint8(u8: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
     return (x - mean.to(x.device)) / std.to(x.device) if mean is not None and std is not None else x
 
 
+def entropy_task_id(view_logits: Callable[[int], Tensor], n_tasks: int, batch: int,
+                    eps: float = 1e-4) -> tuple[Tensor, list[Tensor]]:
+    """Per image, the task whose view-averaged softmax has the lowest entropy ``-sum p log(p + eps)``,
+    and every task's clean-image logits. ``view_logits(t)`` is task t's logits on the clean batch
+    followed by its 10 augmented views (view-major, as :func:`task_id_views`), ``(11 B, C_t)``; the
+    6 identical clean views of the recipe enter the mean with weight ``N_CLEAN`` (same numbers as
+    16 forwards in eval mode, 11 images instead of 16)."""
+    entropies, clean = [], []
+    for t in range(n_tasks):
+        logits = view_logits(t)
+        c, a = logits[:batch], logits[batch:].reshape(-1, batch, logits.shape[1])
+        mean = (N_CLEAN * c + a.sum(0)) / (N_CLEAN + a.shape[0])
+        p = torch.softmax(mean, dim=1)
+        entropies.append(-(p * torch.log(p + eps)).sum(1))
+        clean.append(c)
+    return torch.stack(entropies).argmin(0), clean
+
+
 def task_id_views(x: Tensor, mean: Tensor | None = None, std: Tensor | None = None) -> Tensor:
     """The 10 augmented views of a normalised batch ``x``, stacked view-major: ``(10 B, C, H, W)``
     (row ``i * B + j`` is view i of image j). The 6 clean views are ``x`` itself."""
