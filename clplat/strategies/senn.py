@@ -9,7 +9,8 @@ optimizer step) a decision may run on a batch drawn from a pool of the session's
 never the training batch whose statistics just updated the curvature:
 
 * ``senn``: every block's width candidate (best ``width_step`` of ``proposals`` random fan-ins,
-  scored jointly) passes if ``d_eta'/eta_layer > tau_width`` and ``d_eta'/nu^2 > abs_thresh``; its
+  scored jointly) passes if ``d_eta'/eta_layer > tau_width`` and ``d_eta'/nu^2 > abs_thresh`` and
+  ``d_eta'/nu^2`` is ``noise_z`` null standard deviations above zero (a significance test); its
   depth candidate (identity block after it) if the same holds for ``d_eta'/depth_cost``; the best
   passing ones by ``d_eta'/nu^2`` are applied (``events_per_decision``); scores are cross-fitted on
   the decision batch's two halves (``cross_fit``, unbiased when nothing is to be gained);
@@ -70,7 +71,7 @@ class SennConfig(StrategyConfig):
     warmup: int = Field(1, ge=0, description="epochs of a session before its first decision")
     events_per_decision: int = Field(1, ge=1)
     curvature_every: int = Field(5, ge=1, description="update the running factors every this many steps")
-    curvature_decay: float = Field(0.95, gt=0, lt=1)
+    curvature_decay: float = Field(0.8, gt=0, lt=1, description="running-average decay per factor update")
     max_positions: int = Field(8192, ge=64, description="images of a batch used for factors: this / positions")
     decision_batch: int = Field(128, ge=2)
     decision_positions: int = Field(2**17, ge=64, description="decision images used: this / input positions")
@@ -78,6 +79,8 @@ class SennConfig(StrategyConfig):
     damping_a: float = Field(1e-3, gt=0, le=10)
     damping_g: float = Field(0.1, gt=0, le=10)
     cross_fit: bool = Field(True, description="score = cross product of the decision batch's two halves")
+    noise_z: float = Field(2.0, ge=0, description="and d_eta'/||dL/dy||^2 this many null std (sqrt(#new "
+                           "weights)/(decision_batch/2)) above 0; 0: off")
     spatial: Literal["correlated", "independent"] = Field("correlated", description="KFC: positions' "
                                                           "derivatives fully correlated (x1) or independent (xT)")
     random_width: int = Field(0, ge=0)
@@ -244,7 +247,8 @@ class Senn(Strategy):
         if cfg.mode == "secnn":
             return self._secnn_choice(cands)
         ok = [c for c in cands if c.ratio(cfg.depth_cost) > cfg.tau_width
-              and c.abs_score(cfg.depth_cost) > cfg.abs_thresh and self._room(c.kind, c.stage, c.block, c.params)]
+              and c.abs_score(cfg.depth_cost) > cfg.abs_thresh and c.gain / c.nu2 > cfg.noise_z * c.noise
+              and self._room(c.kind, c.stage, c.block, c.params)]
         ok.sort(key=lambda c: -c.abs_score(cfg.depth_cost))
         chosen: list[Candidate] = []
         for c in ok:  # one event per place: the scores of the others assumed the place unchanged

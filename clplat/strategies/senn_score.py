@@ -15,7 +15,8 @@ gradients ``delta`` (per-sample loss gradients at each position):
   block: its gradient's natural norm with that block output's own factors.
 
 Both factors get Tikhonov damping relative to their mean diagonal (``damping_a``, ``damping_g``).
-All linear algebra is float64 (the matrices are at most a few hundred wide).
+Products over samples and positions run in the activations' dtype; every inverse (a solve) in
+float64 (the matrices are at most a few hundred wide).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def positions(t: Tensor) -> Tensor:
 def layer_gradient(a: Tensor, delta: Tensor) -> Tensor:
     """``M = E[delta a^T]`` over samples and positions: (O, D)."""
     n, _, L = a.shape
-    return torch.einsum("nol,ndl->od", delta.double(), a.double()) / (n * L)
+    return torch.einsum("nol,ndl->od", delta, a) / (n * L)
 
 
 def halves(n: int, cross: bool) -> tuple[slice, slice]:
@@ -85,18 +86,23 @@ def width_gain(a: Tensor, delta: Tensor, f: Tensor, group: int, A: Tensor, G: Te
     """``d_eta' = scale tr(C^T A_f^-1 C G^-1)`` of each candidate: ``f`` (N, P*group, L) holds P
     candidates of ``group`` input rows each (9 per new conv channel, 1 per new projection input)."""
     n, _, L = a.shape
-    a, delta, ff = a.double(), delta.double(), f.double().reshape(n, -1, group, f.shape[2])
+    P = f.shape[1] // group  # the big products (as matmuls) in the inputs' dtype, solves in float64
     Ad = damped(A.double(), damping_a)
 
+    def rows(t: Tensor) -> Tensor:  # (m, P*group, L) -> (P, group, m*L)
+        return t.reshape(t.shape[0], P, group, L).permute(1, 2, 0, 3).reshape(P, group, -1)
+
     def residual_cov(h: slice) -> Tensor:  # C = E[f r^T], r = delta - M A^-1 a, all on samples h
-        K = torch.linalg.solve(Ad, layer_gradient(a[h], delta[h]).T).T  # M A^-1
+        K = torch.linalg.solve(Ad, layer_gradient(a[h], delta[h]).T.double()).T.to(a.dtype)  # M A^-1
         r = delta[h] - torch.einsum("od,ndl->nol", K, a[h])
-        return torch.einsum("npgl,nol->pgo", ff[h], r) / (r.shape[0] * L)
+        rt = r.permute(0, 2, 1).reshape(-1, r.shape[1])  # (m*L, O)
+        return (rows(f[h]).reshape(P * group, -1) @ rt).reshape(P, group, -1) / rt.shape[0]
 
     h1, h2 = halves(n, cross)
     C1 = residual_cov(h1)
     C2 = residual_cov(h2) if cross else C1
-    Af = torch.einsum("npgl,nphl->pgh", ff, ff) / (n * L)
+    fr = rows(f)
+    Af = torch.bmm(fr, fr.transpose(1, 2)) / (n * L)
     return scale * trace_score(C1, Af, G, damping_a, damping_g, C2)
 
 
@@ -200,19 +206,25 @@ class CurvatureTracker:
         self.update(name, torch.einsum("ndl,nel->de", a, a) / (a.shape[0] * a.shape[2]))
 
     def update(self, name: str, value: Tensor) -> None:
-        old = getattr(self.store, name, None)
-        if old is None or old.shape != value.shape:
+        """Running average: the plain mean of the first 1/(1-decay) values, then exponential (so
+        the first, often unrepresentative, batch does not dominate)."""
+        old, count = getattr(self.store, name, None), getattr(self.store, name + "_n", None)
+        if old is None or count is None or old.shape != value.shape:
             self.store.register_buffer(name, value.detach().clone())
+            self.store.register_buffer(name + "_n", torch.ones((), device=value.device))
         else:
-            old.mul_(self.decay).add_(value.detach(), alpha=1 - self.decay)
+            count += 1
+            w = max(1 - self.decay, 1.0 / float(count))
+            old.mul_(1 - w).add_(value.detach(), alpha=w)
 
     def get(self, name: str) -> Tensor | None:
         return getattr(self.store, name, None)
 
     def drop(self, *names: str) -> None:
         for n in names:
-            if n in self.store._buffers:
-                del self.store._buffers[n]
+            for key in (n, n + "_n"):
+                if key in self.store._buffers:
+                    del self.store._buffers[key]
 
     def consumer_factors(self, s: int, b: int) -> tuple[Tensor | None, Tensor | None]:
         """(A, G) of the layer that reads block (s, b)'s output."""
@@ -238,19 +250,20 @@ class CurvatureTracker:
         for j in range(n - 1, b + 1, -1):
             for kind in ("out", "conv"):
                 for f in ("A", "G"):
-                    src = self.get(f"{kind}_{s}_{j - 1}_{f}")
-                    self.drop(f"{kind}_{s}_{j}_{f}")
-                    if src is not None:
-                        self.store.register_buffer(f"{kind}_{s}_{j}_{f}", src)
-                        self.drop(f"{kind}_{s}_{j - 1}_{f}")
+                    self.copy(f"{kind}_{s}_{j - 1}_{f}", f"{kind}_{s}_{j}_{f}")
+                    self.drop(f"{kind}_{s}_{j - 1}_{f}")
         for f in ("A", "G"):
-            src = self.get(f"out_{s}_{b}_{f}")
-            if src is not None:
-                self.store.register_buffer(f"out_{s}_{b + 1}_{f}", src.clone())
-        g = self.get(f"out_{s}_{b}_G")
-        if g is not None:
-            self.store.register_buffer(f"conv_{s}_{b + 1}_G", g.clone())
+            self.copy(f"out_{s}_{b}_{f}", f"out_{s}_{b + 1}_{f}")
+        self.copy(f"out_{s}_{b}_G", f"conv_{s}_{b + 1}_G")
         self.attach()
+
+    def copy(self, src: str, dst: str) -> None:
+        """Factor ``dst`` := factor ``src`` (with its count), or absent if ``src`` is."""
+        self.drop(dst)
+        for suffix in ("", "_n"):
+            t = self.get(src + suffix)
+            if t is not None:
+                self.store.register_buffer(dst + suffix, t.clone())
 
 
 def consumer_input(net: ExpandableCNN, s: int, b: int, y: Tensor) -> Tensor:
@@ -283,6 +296,7 @@ class Candidate:
     fan_in: Tensor | None = None  # width: the chosen proposals' input weights
     recorded: float | None = None  # the score an event records, where not ``abs_score`` (secnn)
     nu2: float = 1.0  # E||dl/dlogits||^2 of the decision batch
+    noise: float = 0.0  # std of ``gain / nu2`` when nothing is to be gained: sqrt(#new weights) / (samples/2)
 
     def effective(self, depth_cost: float) -> float:
         return self.gain / (depth_cost if self.kind == "depth" else 1.0)
@@ -344,6 +358,7 @@ def score_block(net: ExpandableCNN, tracker: CurvatureTracker, s: int, b: int, k
     if a.shape[1] != A.shape[0] or delta.shape[1] != G.shape[0]:
         return out
     kw = opts.kw(a.shape[2])
+    m = max(1, a.shape[0] // 2 if opts.cross else a.shape[0])
     eta = float(layer_score(a, delta, A, G, **kw))
     blk, x = net.stages[s][b], rec.x_in[(s, b)]
     cin = blk.conv.in_channels
@@ -355,11 +370,14 @@ def score_block(net: ExpandableCNN, tracker: CurvatureTracker, s: int, b: int, k
     best = torch.argsort(each, descending=True, stable=True)[:k]
     rows = (best[:, None] * group + torch.arange(group, device=best.device)).flatten().to(f.device)
     joint = float(width_gain(a, delta, f[:, rows], group * len(best), A, G, **kw)[0])
+    noise = kw["scale"] * (group * len(best) * delta.shape[1]) ** 0.5 / m
     out.append(Candidate("width", s, b, joint, eta, width_params(net, s, b, len(best)), V[best.to(V.device)],
-                         nu2=tracker.nu2))
+                         nu2=tracker.nu2, noise=noise))
     Ay, Gy, dy = tracker.get(f"out_{s}_{b}_A"), tracker.get(f"out_{s}_{b}_G"), rec.dy.get((s, b))
     if Ay is not None and Gy is not None and dy is not None:
         py = patches(y)
-        gain = float(layer_score(py, positions(dy), Ay, Gy, **opts.kw(py.shape[2])))
-        out.append(Candidate("depth", s, b, gain, eta, depth_params(net, s, b), nu2=tracker.nu2))
+        kwy = opts.kw(py.shape[2])
+        gain = float(layer_score(py, positions(dy), Ay, Gy, **kwy))
+        noise = kwy["scale"] * (py.shape[1] * dy.shape[1]) ** 0.5 / m
+        out.append(Candidate("depth", s, b, gain, eta, depth_params(net, s, b), nu2=tracker.nu2, noise=noise))
     return out
