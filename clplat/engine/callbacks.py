@@ -33,12 +33,15 @@ class StreamDriver(L.Callback):
         self.interrupted = False
         self._old_handlers: dict[int, Any] = {}
         self.eval_seconds = 0.0
+        self.fit_seconds = 0.0  # from the first batch on: excludes setup and (DDP) process start
+        self._fit_start = 0.0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_signal = signum
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.restore_rng()  # after Lightning's own setup, so nothing draws in between
+        self._fit_start = time.perf_counter()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -46,6 +49,7 @@ class StreamDriver(L.Callback):
                 pass
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_seconds += time.perf_counter() - self._fit_start
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
 

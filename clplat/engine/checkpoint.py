@@ -154,7 +154,7 @@ class ProcessRecord:
 
     def announce(self, run_dir: Path) -> None:
         """One stderr line when resuming, so a log shows where the process picked up."""
-        if self.resumed:
+        if self.resumed and world().is_main:
             print(f"resuming {run_dir} at stream sample {self.start_samples} "
                   f"(batch {self.start_batches}, {self.start_updates} updates done)", file=sys.stderr, flush=True)
 

@@ -244,15 +244,19 @@ def split_update(sampler: ShareSampler | None, batch_idx: int, rows: int) -> Ite
 
 
 # --- collectives -------------------------------------------------------------------------------------
-def gather_rows(t: Tensor) -> tuple[Tensor, list[int]]:
-    """All ranks' rows of ``t`` concatenated in rank order (shares may differ in size), and the sizes."""
+def gather_rows(t: Tensor, equal: bool = False) -> tuple[Tensor, list[int]]:
+    """All ranks' rows of ``t`` concatenated in rank order, and the sizes. Shares may differ in size
+    (one more collective to learn them) unless ``equal`` says they do not."""
     import torch.distributed as dist
 
     w = world()
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes_t = [torch.zeros_like(n) for _ in range(w.size)]
-    dist.all_gather(sizes_t, n)
-    sizes = [int(s) for s in sizes_t]
+    if equal:
+        sizes = [t.shape[0]] * w.size
+    else:
+        n = torch.tensor([t.shape[0]], device=t.device)
+        sizes_t = [torch.zeros_like(n) for _ in range(w.size)]
+        dist.all_gather(sizes_t, n)
+        sizes = [int(s) for s in sizes_t]
     most = max(sizes)
     if most == 0:
         return t, sizes

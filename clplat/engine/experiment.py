@@ -164,6 +164,7 @@ def _results(exp: Experiment, wall: float) -> dict[str, Any]:
         "task_classes": exp.task_classes, "evals": [r.to_dict() for r in exp.records],
         "wall_time_s": round(wall, 3),
         "eval_time_s": round(exp.driver.eval_seconds, 3) if exp.driver else 0.0,
+        "fit_time_s": round(exp.driver.fit_seconds, 3) if exp.driver else 0.0,  # this process's stream
         "process": exp.process.to_dict() if exp.process else None,  # where THIS process started
         **({"distributed": REPLICAS.to_dict()} if world().distributed else {}),
     }

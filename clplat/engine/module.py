@@ -94,7 +94,7 @@ class ContinualModule(L.LightningModule):
         """The whole incoming batch: gathered from every process when it was split across them."""
         if self.split is None or not splits(self.split.global_size(batch_idx), self.split.world):
             return x, y
-        return gather_rows(x)[0], gather_rows(y)[0]
+        return gather_rows(x, equal=True)[0], gather_rows(y, equal=True)[0]
 
     def split_update(self, batch_idx: int, rows: int):
         """Context of one update; its ``scale(loss)`` weights this process's rows in the global mean."""
