@@ -465,7 +465,7 @@ def run_sessions(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
         exp.save_checkpoint()  # a stop before the first epoch ends still leaves a resumable run
     process = {"resumed": resume, "start_session": exp.cursor.session, "start_epoch": exp.cursor.epoch,
                "start_updates": exp.cursor.updates}
-    if resume:
+    if resume and world().is_main:
         import sys
 
         print(f"resuming {run_dir} at session {exp.cursor.session}, epoch {exp.cursor.epoch} "
