@@ -70,6 +70,12 @@ class DsecFile:
                 lo = int(self.ms_to_idx[ms])
                 if ms + 1 < len(self.ms_to_idx):
                     hi = int(self.ms_to_idx[ms + 1])
+        while hi - lo > CHUNK:  # no (or a coarse) index: bisect on single elements first
+            mid = (lo + hi) // 2
+            if int(self.t[mid]) < t_rel:
+                lo = mid + 1
+            else:
+                hi = mid  # t[mid] >= t_rel: mid is an answer, the first one is at most mid
         # fine search inside [lo, hi): read in CHUNK-sized pieces so memory stays bounded
         while lo < hi:
             stop = min(hi, lo + CHUNK)

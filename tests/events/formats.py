@@ -31,8 +31,9 @@ def write_evt2(path: Path, ev: Events) -> None:
 
 def write_evt3(path: Path, ev: Events, vectorise: bool = True) -> None:
     """EVT3: 16-bit LE words. TIME_HIGH (8) = t[23:12], TIME_LOW (6) = t[11:0], ADDR_Y (0) = y,
-    ADDR_X (2) = pol<<11 | x; runs of same-time same-row same-polarity events at consecutive x are
-    written as VECT_BASE_X (3) + VECT_12 (4) masks, exercising the decoder's vector path."""
+    ADDR_X (2) = pol<<11 | x; runs of same-time same-row same-polarity events at consecutive x (up
+    to 32) are written as VECT_BASE_X (3) + VECT_12 (4) / VECT_8 (5) masks, exercising the
+    decoder's vector path and its base advance."""
     head = f"% evt 3.0\n% format EVT3;height={ev.height};width={ev.width}\n% end\n".encode()
     words: list[int] = []
     high = low = row = None
@@ -50,12 +51,22 @@ def write_evt3(path: Path, ev: Events, vectorise: bool = True) -> None:
             row = y[i]
             words.append(row & 0x7FF)
         j = i + 1
-        while (vectorise and j < n and j - i < 12 and t[j] == t[i] and y[j] == y[i] and p[j] == p[i]
+        while (vectorise and j < n and j - i < 32 and t[j] == t[i] and y[j] == y[i] and p[j] == p[i]
                and x[j] == x[j - 1] + 1):
             j += 1
-        if j - i >= 2:
+        if j - i >= 2:  # VECT_BASE_X, then VECT_12 / VECT_8 words, each advancing the base x
             words.append((0x3 << 12) | (p[i] << 11) | x[i])
-            words.append((0x4 << 12) | ((1 << (j - i)) - 1))
+            left = j - i
+            while left > 0:
+                if left > 8:
+                    take = min(left, 12)
+                    words.append((0x4 << 12) | ((1 << take) - 1))
+                    left -= 12 if take == 12 else left
+                    if take < 12:
+                        break
+                else:
+                    words.append((0x5 << 12) | ((1 << left) - 1))
+                    left = 0
         else:
             words.append((0x2 << 12) | (p[i] << 11) | x[i])
             j = i + 1

@@ -77,6 +77,8 @@ def _with_runs(ev: Events) -> Events:
     t, x, y, p = ev.t.copy(), ev.x.copy(), ev.y.copy(), ev.p.copy()
     t[50:61] = t[50]
     y[50:61], x[50:61], p[50:61] = 7, np.arange(30, 41), 1
+    t[300:329] = t[300]  # 29 in a row: VECT_12, VECT_12, VECT_8 after one base
+    y[300:329], x[300:329], p[300:329] = 3, np.arange(60, 89), 0
     return Events(x, y, t, p, ev.width, ev.height)
 
 
@@ -184,3 +186,23 @@ def test_dsec_windows_read_only_their_range(tmp_path, monkeypatch):
     wins = list(iter_windows(tmp_path / "a.h5", 2000))
     assert max(sizes) == max(len(w) for w in wins) < len(ev) / 10
     assert_same(concat_events(wins), ev)
+
+
+def test_dsec_without_ms_to_idx(tmp_path, monkeypatch):
+    """Files from other tools may lack ms_to_idx: windows then bisect the t dataset, same result."""
+    import h5py
+
+    import clplat.events.dsec as dsec
+
+    ev = random_events(5000, W, H, seed=6, t0=2_000_000, max_gap=40)
+    write_dsec_h5(tmp_path / "a.h5", ev)
+    with h5py.File(tmp_path / "a.h5", "a") as f:
+        del f["ms_to_idx"]
+    monkeypatch.setattr(dsec, "CHUNK", 1)  # the bisection alone finds every boundary
+    wins = list(iter_windows(tmp_path / "a.h5", 1500))
+    assert_same(concat_events(wins), ev)
+    for k, win in enumerate(wins):
+        want = ev.slice_time(int(ev.t[0]) + k * 1500, int(ev.t[0]) + (k + 1) * 1500)
+        assert_same(win, want)
+    t0, t1 = int(ev.t[1234]), int(ev.t[4321]) + 1
+    assert_same(read_events(tmp_path / "a.h5", t0, t1), ev._take((ev.t >= t0) & (ev.t < t1)))

@@ -108,6 +108,25 @@ def test_translating_background_flow_is_velocity_times_bin():
     np.testing.assert_allclose(d[0], 3 * v[0], atol=1e-4)
 
 
+def test_valid_is_false_where_an_object_covers_the_point():
+    """Static background, one disc moving 20 px per bin: the background pixels the disc reaches
+    at the end of the bin (a crescent ahead of it) are invalid, the rest valid."""
+    cfg = SceneConfig(height=64, width=64, duration_ms=20, n_objects=1, motions=("translate",),
+                      max_speed=2000.0, background_speed=0.0)
+    s = make_scene(cfg, seed=4)
+    disc = s.layers[1]
+    qy, qx = np.mgrid[0:64, 0:64]
+    for k in range(2):
+        (c0, _, s0), (c1, _, s1) = disc.pose(k * 0.01), disc.pose((k + 1) * 0.01)
+        inside0 = np.hypot(qx - c0[0], qy - c0[1]) <= disc.radius * s0
+        inside1 = np.hypot(qx - c1[0], qy - c1[1]) <= disc.radius * s1
+        covered = ~inside0 & inside1  # background points hidden at the end of the bin
+        assert covered.sum() > 10
+        assert not s.valid[k][covered].any()
+        assert s.valid[k][~inside0 & ~inside1].all()  # static background, in the image
+        np.testing.assert_allclose(s.flow[k][:, ~inside0 & ~inside1], 0.0, atol=1e-6)
+
+
 def test_scene_is_deterministic_and_has_events():
     cfg = SceneConfig(height=24, width=32, duration_ms=40, motions=("rotate", "zoom"))
     a, b = make_scene(cfg, 7), make_scene(cfg, 7)
