@@ -13,7 +13,7 @@ from clplat.errors import UserError
 from clplat.events.simulate import EventSimulator, SimConfig
 from clplat.events.types import Events, concat_events
 
-__all__ = ["iter_video_events", "video_frames", "video_to_events"]
+__all__ = ["iter_video_events", "iter_video_windows", "video_frames", "video_to_events"]
 
 
 def video_frames(path: str | Path, size: tuple[int, int] | None = None,
@@ -62,6 +62,15 @@ def iter_video_events(path: str | Path, cfg: SimConfig | None = None, seed: int 
         if sim is None:
             sim = EventSimulator(grey.shape[0], grey.shape[1], cfg, seed)
         yield sim.step(grey, t)
+
+
+def iter_video_windows(path: str | Path, window_us: int = 10_000, cfg: SimConfig | None = None, seed: int = 0,
+                       size: tuple[int, int] | None = None, max_frames: int | None = None) -> Iterator[Events]:
+    """The simulated events of a video in fixed windows (the ``sim:VIDEO`` stream source): window k
+    covers ``[t0 + k·w, t0 + (k+1)·w)`` from the first event, empty windows included."""
+    from clplat.events.readers import rewindow
+
+    return rewindow(iter_video_events(path, cfg, seed, size, max_frames), window_us, None, None)
 
 
 def video_to_events(path: str | Path, cfg: SimConfig | None = None, seed: int = 0,

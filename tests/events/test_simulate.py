@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from clplat.events import read_events
 from clplat.events.scenes import SceneConfig, make_scene, read_scene_flow
 from clplat.events.simulate import EventSimulator, SimConfig, simulate
+from clplat.events.video import iter_video_windows
 
 EPS = 1e-3
 IDEAL = SimConfig(threshold_on=0.2, threshold_off=0.2, threshold_sigma=0.0, refractory_us=0)
@@ -159,3 +160,6 @@ def test_cli_scene_and_simulate(tmp_path):
     assert out.returncode == 0, out.stderr
     ev = read_events(tmp_path / "v.h5")
     assert len(ev) > 100 and (ev.width, ev.height) == (48, 32) and ev.t[-1] <= 50_000
+    wins = list(iter_video_windows(tmp_path / "v.mp4", 10_000))  # the on-the-fly source: same events
+    assert sum(len(w) for w in wins) == len(ev)
+    np.testing.assert_array_equal(np.concatenate([w.t for w in wins]), ev.t)
