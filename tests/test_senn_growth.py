@@ -22,10 +22,10 @@ def _one_thread():
 ARCH = {"in_channels": 3, "num_features": 8, "stages": [[4], [6, 5], [7]]}
 
 
-def trained(seed: int = 0) -> tuple[ExpandableCNN, torch.Tensor]:
+def trained(seed: int = 0, activation: str = "relu") -> tuple[ExpandableCNN, torch.Tensor]:
     """A small net whose weights and BatchNorm statistics are far from their init."""
     torch.manual_seed(seed)
-    m = ExpandableCNN(ARCH)
+    m = ExpandableCNN({**ARCH, "activation": activation})
     x = torch.randn(16, 3, 12, 12)
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     for _ in range(5):
@@ -63,6 +63,16 @@ def test_growth_preserves_eval_outputs(ops) -> None:
     apply(m, ops)
     assert m.num_params() > n0
     assert (m(x) - before).abs().max().item() <= 1e-6
+
+
+def test_identity_block_is_exact_on_negative_inputs() -> None:
+    """SiLU outputs go negative: an inserted block must be the identity there too (PReLU slope 1)."""
+    m, x = trained(activation="silu")
+    m.eval()
+    before = m(x)
+    apply(m, [("d", 0, 0), ("d", 1, 1), ("w", 1, 0, 2)])
+    assert (m(x) - before).abs().max().item() <= 1e-6
+    assert (m.stages[0][0](x) < 0).any()
 
 
 def test_width_growth_preserves_train_mode_outputs() -> None:
