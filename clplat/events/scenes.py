@@ -92,6 +92,7 @@ class Layer:
         return ux * ux + uy * uy <= self.radius * self.radius
 
     def texture(self, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
+        """Grey level at plane coordinates: a sharpened sum of plane waves."""
         phase = 2 * np.pi * (ux[..., None] * self.freqs[:, 0] + uy[..., None] * self.freqs[:, 1]) + self.phases
         wave = np.sin(phase).sum(-1) / np.sqrt(len(self.phases))
         return np.clip(self.bias + self.gain * np.tanh(1.5 * wave), 0.02, 1.0)
