@@ -36,8 +36,8 @@ def npz_chunks(path: Path) -> Iterator[Events]:
     if any(len(a) != n for a in arrays.values()):
         raise UserError(f"{path}: npz arrays x, y, t, p have different lengths")
     for k in ("x", "y"):
-        if n and int(arrays[k].min()) < 0:
-            raise UserError(f"{path}: negative {k} coordinate in npz")
+        if n and not (0 <= int(arrays[k].min()) and int(arrays[k].max()) <= 65535):
+            raise UserError(f"{path}: npz {k} coordinates must lie in 0..65535")
     p = (arrays["p"] > 0).astype(np.uint8)
     for i in range(0, max(n, 1), NPZ_CHUNK):
         sl = slice(i, i + NPZ_CHUNK)
@@ -84,8 +84,8 @@ def text_chunks(path: Path) -> Iterator[Events]:
                 lines = []
                 if not len(data):
                     continue
-                if (data[:, 1:3] < 0).any():
-                    raise UserError(f"{path}: negative coordinate near line {line_no}")
+                if (data[:, 1:3] < 0).any() or (data[:, 1:3] > 65535).any():
+                    raise UserError(f"{path}: coordinate outside 0..65535 near line {line_no}")
                 t = np.rint(data[:, 0] * 1e6).astype(np.int64)
                 yield Events(data[:, 1], data[:, 2], t, data[:, 3] > 0, w, h)
         except UnicodeDecodeError:

@@ -124,6 +124,13 @@ def test_unknown_and_missing(tmp_path):
     _raises(tmp_path / "c.npz", "unreadable npz")
 
 
+def test_coordinates_that_do_not_fit_uint16(tmp_path):
+    np.savez(tmp_path / "a.npz", x=[70_000], y=[1], t=[5], p=[1])  # would wrap to 4464 silently
+    _raises(tmp_path / "a.npz", "0..65535")
+    (tmp_path / "b.txt").write_text("0.1 -3 2 1\n")
+    _raises(tmp_path / "b.txt", "0..65535")
+
+
 def test_npz_float_time_and_missing_arrays(tmp_path):
     np.savez(tmp_path / "a.npz", x=[1], y=[1], t=[0.5], p=[1])
     _raises(tmp_path / "a.npz", "integer microseconds")
