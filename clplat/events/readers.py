@@ -9,6 +9,7 @@ one window in memory. Format libraries are imported lazily inside their reader.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,10 +31,9 @@ def _prophesee_kind(path: Path) -> str | None:
     from clplat.events.prophesee import read_header
 
     header = read_header(path)[0].lower()
-    if "evt 3" in header or "format evt3" in header or "evt3" in header.replace(" ", ""):
-        return "evt3"
-    if "evt 2" in header or "format evt2" in header:
-        return "evt2"
+    m = re.search(r"^%\s*evt\s+(\d)", header, re.M) or re.search(r"^%\s*format\s+evt\s*(\d)", header, re.M)
+    if m and m.group(1) in ("2", "3"):
+        return f"evt{m.group(1)}"
     if path.suffix.lower() == ".dat" or "version 2" in header or "cd events" in header:
         return "dat"
     return None
