@@ -117,7 +117,7 @@ def decode_words(words: np.ndarray, st: _State) -> tuple[np.ndarray, np.ndarray,
             counts[8], carries_at_high, st.carries_at_high, time_pos)
     t_words = t_words * 4096 + _latest(counts[6], lows, st.low, time_pos)
     t_start = (st.high + st.carries - st.carries_at_high) * 4096 + st.low
-    t = _latest(np.add.accumulate(time_mask, dtype=np.int32), t_words, t_start, word_of)
+    t = _latest(counts[6] + counts[8], t_words, t_start, word_of)  # running count of time words
     y = _latest(counts[0], val[y_pos] & 0x7FF, st.y, word_of)
     # carry the state into the next chunk
     last_low = low_pos[-1] if len(low_pos) else -1
