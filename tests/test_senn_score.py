@@ -100,6 +100,20 @@ def test_gain_is_a_lower_bound_of_the_exact_increase() -> None:
     assert 0 < gain <= exact * (1 + 1e-9)
 
 
+def test_running_factors_average_first_then_decay() -> None:
+    """decay 0.5: the first two values are averaged plainly, later ones weigh 0.5 (no first-batch bias)."""
+    from torch import nn
+
+    from clplat.strategies.senn_score import CurvatureTracker
+
+    tr = CurvatureTracker(ExpandableCNN({"in_channels": 1, "stages": [[2]]}), nn.Module(), 0.5, 64)
+    for v in (4.0, 2.0, 8.0):
+        tr.update("x", torch.tensor([v]))
+    assert float(tr.get("x")) == pytest.approx(0.5 * (4 + 2) / 2 + 0.5 * 8)
+    tr.drop("x")
+    assert tr.get("x") is None and tr.get("x_n") is None
+
+
 # --- hooks and decisions on a real network -----------------------------------------------------------
 def ctx(g: torch.Generator, classes: int = 4) -> StreamContext:
     return StreamContext(n_exposed=classes, exposed_classes=list(range(classes)), label_index=torch.arange(classes),
