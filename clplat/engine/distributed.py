@@ -335,6 +335,14 @@ class SplitAugment:
         rows, sizes = gather_rows(x)
         return self.inner(rows)[own_rows(sizes)]
 
+    def share_of(self, x: Tensor, x_all: Tensor) -> Tensor:
+        """``self(x)`` where ``x`` is this process's equal share of ``x_all``, the batch already
+        gathered: the same rows, without another collective."""
+        if current_update() is None:
+            return self.inner(x)
+        n = x.shape[0]
+        return self.inner(x_all)[world().rank * n : (world().rank + 1) * n]
+
     def mix(self, x: Tensor, y: Tensor) -> tuple[Tensor, Any]:
         """CutMix on the gathered batch (rank-major order: its pairs differ from one process's)."""
         mix = getattr(self.inner, "mix", None)

@@ -116,7 +116,8 @@ class ContinualModule(L.LightningModule):
         opt = self.optimizers()
         for _ in range(self.online_iter):
             with self.split_update(batch_idx, x.shape[0]) as update:
-                out = self.strategy.training_loss(self.augment(x), y, ctx)
+                xa = self.augment.share_of(x, x_all) if self.split is not None else self.augment(x)
+                out = self.strategy.training_loss(xa, y, ctx)
             loss = out["loss"] if isinstance(out, dict) else out
             value = float(loss.detach())  # the one host sync of an update
             if not math.isfinite(value):
