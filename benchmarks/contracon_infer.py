@@ -1,8 +1,8 @@
 """ConTraCon class-incremental inference cost per test image after T tasks (issue 9).
 
 Compares, on a randomly initialised CCT with T task adapters (timing does not depend on training):
-- batched: ``ConTraCon.predict`` (one forward per task over the clean batch + its 10 views, adapted
-  weights cached per task);
+- batched: ``ConTraCon.predict`` (the clean batch + its 10 views embedded once by the shared, frozen
+  tokenizer, then one encoder pass per task; adapted weights cached per task);
 - naive: the release's loop, 16 views x T tasks, one image-batch forward each, weights re-adapted
   every forward;
 - plain: one forward of the task-0 network (no task identification).
