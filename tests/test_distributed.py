@@ -12,6 +12,7 @@ gradient of the shares is summed in another order than the full batch's, ~1e-7 p
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -51,6 +52,7 @@ SESSIONS = {  # 3 sessions; batch 32 / 16; sessions of 539-ish samples leave sho
     "augment": {"random_crop_pad": 1},
 }
 DDP = ["trainer.strategy=ddp", "trainer.devices=2"]
+two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="2 DDP processes need 2 CPUs")
 
 
 def _config(tmp_path: Path, raw: dict) -> Path:
@@ -156,6 +158,7 @@ def _compare_states(one: Path, two: Path) -> float:
 
 
 @pytest.mark.slow
+@two_cpus
 def test_online_two_processes_match_one(tmp_path: Path) -> None:
     cfg = _config(tmp_path, ONLINE)
     one = run_experiment(load_config(cfg, ["name=one"]))
@@ -173,6 +176,7 @@ def test_online_two_processes_match_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@two_cpus
 def test_sessions_two_processes_match_one(tmp_path: Path) -> None:
     cfg = _config(tmp_path, SESSIONS)
     one = run_experiment(load_config(cfg, ["name=one"]))
@@ -186,6 +190,7 @@ def test_sessions_two_processes_match_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@two_cpus
 def test_ddp_sigterm_then_resume_matches_one_process(tmp_path: Path) -> None:
     """SIGTERM to rank 0 mid-stream: both processes stop after the same batch, rank 0 checkpoints;
     ``--resume`` relaunches both and finishes the run as one process would."""
@@ -197,7 +202,7 @@ def test_ddp_sigterm_then_resume_matches_one_process(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "two"
     env = {"WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     p = subprocess.Popen([sys.executable, "-m", "clplat.run", str(cfg), "name=two", *DDP], cwd=REPO,
-                         env={**__import__("os").environ, **env}, stdout=subprocess.PIPE,
+                         env={**os.environ, **env}, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     signal_when(p, run_dir, lambda c: c["samples_seen"] >= 160, timeout=300, sig=signal.SIGTERM)
     _, err = p.communicate(timeout=300)
