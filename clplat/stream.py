@@ -2,7 +2,8 @@
 
     python -m clplat.stream [--model NAME | WEIGHTS | SCHEME:NAME] [--source SPEC[,SPEC...]]
                             [--out annotated.mp4] [--stats stats.json] [--max-frames N]
-                            [--device cpu|cuda] [--compile] [--cuda-graph [--bf16]] [model kind flags]
+                            [--slots N] [--join-at T[,T...]] [--device cpu|cuda] [--compile]
+                            [--cuda-graph [--bf16]] [model kind flags]
     python -m clplat.stream train CONFIG.yaml [key.sub=value ...]
 
 With no arguments it plays 300 frames of held-out synthetic moving digits through the shipped
@@ -12,8 +13,10 @@ predict the next one, ...) belongs to its *stream app* (``clplat.streaming.apps`
 kind, found by the model name or by the ``format`` in the weights file's metadata); this module
 keeps the command line, the flags every kind shares and the one error path. Several sources
 (``--source a.mp4,b.mp4``) step together as one batch, each with its own state, video and
-statistics. With a display the frames are shown in a window; headless (or with ``--out``) they
-are drawn into a video file, and the latency statistics are written as JSON beside it.
+statistics; ``--slots N`` (fewer rows than sources) and ``--join-at`` let streams join a running
+batch as others end, without recompiling its step. With a display the frames are shown in a
+window; headless (or with ``--out``) they are drawn into a video file, and the latency
+statistics are written as JSON beside it.
 Anything a user can get wrong (missing file, corrupt video, no camera, bad config, mismatched
 weights, CUDA requested without CUDA) ends with one ``error: ...`` line, exit 2.
 """
@@ -74,6 +77,9 @@ def _latency_line(lat: dict[str, Any]) -> str:
 
 def _stream_lines(s: dict[str, Any], app: StreamApp) -> list[str]:
     lines = [f"frames {s['frames']} ({s['end']}; {s['skipped_frames']} unreadable skipped)"]
+    if s.get("start_tick"):
+        lines.append(f"joined at frame {s['start_tick']} of the batch in slot {s['slot']} "
+                     f"({s['stepped_alone']} frame(s) stepped alone until its state caught up)")
     lines += app.lines(s)
     if "annotated_video" in s:
         lines.append(f"annotated video: {s['annotated_video']}")
@@ -91,7 +97,8 @@ def print_summary(s: dict[str, Any], app: StreamApp) -> None:
         with_prep = "" if streams else f" (with preprocessing: {s['frame_latency']['mean_ms']:.2f} ms)"
         print(f"  step latency ms: {_latency_line(lat)}{with_prep}")
     if streams is not None:
-        print(f"  {s['batch']} streams in one batch: {s['frames']} frames, {s['aggregate_fps']} frames/s together")
+        rows = "one batch" if s["batch"] == len(streams) else f"one batch of {s['batch']} slots"
+        print(f"  {len(streams)} streams in {rows}: {s['frames']} frames, {s['aggregate_fps']} frames/s together")
     if "compiled" in s:
         print(f"  compiled step: {s['compiled']['phases']} phase(s) compiled in {s['compiled']['compile_s']:.1f} s "
               "(not in the latencies)")
@@ -122,6 +129,12 @@ def build_parser(app_cls: type[StreamApp] | None = None) -> argparse.ArgumentPar
     p.add_argument("--source", default="synthetic",
                    help="synthetic | webcam | webcam:N | a video file | an image folder; several, "
                         "comma-separated, step together as one batch")
+    p.add_argument("--slots", type=int, default=None,
+                   help="rows of the batch (default: one per source); with fewer slots than sources the "
+                        "rest wait in order and join as streams end, without recompiling the step")
+    p.add_argument("--join-at", metavar="T[,T...]",
+                   help="frame (tick of the batch) at which each source may start, one per source, e.g. "
+                        "0,30: a late source joins the running batch in a free slot")
     p.add_argument("--out", help="annotated video (.mp4/.avi); default headless: runs/stream/annotated.mp4; "
                                  "with several sources x_0.mp4, x_1.mp4, ...")
     p.add_argument("--stats", help="latency statistics JSON (default: the --out path with .json)")

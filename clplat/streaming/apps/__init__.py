@@ -61,7 +61,9 @@ class StreamTrack:
     Per frame the runner calls ``input(frame)`` (the network input, ``(1, ...)``),
     steps the whole batch, then ``update(frame, y, step_s)`` with this stream's output row
     (``None`` while the network warms up) to score it, and ``draw(frame)`` for the BGR image
-    to show when there is a window or video; ``summary()`` at the end.
+    to show when there is a window or video; ``summary()`` at the end. Its
+    frames are counted from its own start: a stream that joins a running batch warms up like
+    a stream alone.
     """
 
     def input(self, frame: Any) -> Tensor:
@@ -76,6 +78,11 @@ class StreamTrack:
     def summary(self) -> dict[str, Any]:
         """App-specific figures for the stats JSON (e.g. accuracy); merged into the stream's."""
         return {}
+
+    def starts_over(self) -> bool:
+        """Asked before each frame after the first: whether this stream starts anew here (its
+        state is reset to a fresh stream's; e.g. a predictor's next episode). Other streams go on."""
+        return False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,10 +125,6 @@ class StreamApp:
     def max_frames(self, spec: str, given: int | None) -> int | None:
         """The frame limit: ``--max-frames``, else ``synthetic_frames`` on the synthetic source."""
         return given if given is not None or spec != "synthetic" else self.synthetic_frames
-
-    def before_step(self, tick: int, state: Any) -> Any:
-        """The state to step from at frame ``tick`` of the run (``None`` starts every stream anew)."""
-        return state
 
     def describe(self) -> dict[str, Any]:
         """Fields of the summary that name the model (``model``, ``arch``, ``delay``)."""

@@ -78,6 +78,9 @@ class PredictionTrack(StreamTrack):
     def phase(self) -> int:
         return self.t % self.app.period
 
+    def starts_over(self) -> bool:
+        return self.phase == 0  # a new episode: the model forgets the last one
+
     def input(self, frame: Frame) -> Tensor:
         grey = cv2.cvtColor(self.app.spec.fit(frame.image), cv2.COLOR_RGB2GRAY)
         self.truth = torch.from_numpy(grey).float().div_(255.0)[None, None].to(self.app.device)
@@ -157,9 +160,6 @@ class NextFrameApp(StreamApp):
     def max_frames(self, spec: str, given: int | None) -> int | None:
         """One episode of the synthetic source unless told otherwise."""
         return given if given is not None or spec != "synthetic" else self.period
-
-    def before_step(self, tick: int, state: Any) -> Any:
-        return None if tick % self.period == 0 else state  # every stream starts an episode together
 
     def open_source(self, spec: str, seed: int) -> FrameSource:
         if spec != "synthetic":
