@@ -59,7 +59,7 @@ def mean_std(values: list[float], fmt: str) -> str:
 def table(runs: dict[str, list[dict]]) -> str:
     names = next(iter(runs.values()))[0]["videos"]
     head = ["method", "seeds", "PSNR avg (dB)", *[f"PSNR {n}" for n in names], "MS-SSIM avg", "BWT (dB)",
-            "re-decode identical", "bpp", "model bits"]
+            "re-decode identical", "bpp", "model bits (mean)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, rs in runs.items():
         per_video = [mean_std([r["psnr_final"][j] for r in rs], ".2f") for j in range(len(names))]
@@ -67,7 +67,7 @@ def table(runs: dict[str, list[dict]]) -> str:
             method, str(len(rs)), mean_std([r["metrics"]["psnr_avg"] for r in rs], ".2f"), *per_video,
             mean_std([r["metrics"]["msssim_avg"] for r in rs], ".4f"), mean_std([r["bwt"] for r in rs], ".3f"),
             f"{sum(all(r['redecode_identical']) for r in rs)}/{len(rs)}", mean_std([r["bpp"] for r in rs], ".2f"),
-            f"{rs[0]['model_bits']:,}"]) + " |")
+            f"{round(statistics.mean(r['model_bits'] for r in rs)):,}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
