@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--val-per-class", type=int, default=10)
     p.add_argument("--val-seed", type=int, default=0)
     p.add_argument("--run-dir", help="keep the run here (default: a temporary directory)")
-    a = p.parse_args()
+    a = p.parse_intermixed_args()
 
     import clplat.engine.sessions as sessions
     from clplat.config import load_config
