@@ -6,9 +6,11 @@ of each frame is fed back as the next input, one ``step`` per frame, while the s
 supplying the truth to compare with. Every shown frame is the truth (left) beside the model's
 prediction of that frame (right); the stats JSON gets the per-frame MSE of the predictions
 (averaged over episodes) next to the latency statistics, and the MSE of copying the last context
-frame as a floor. ``--source synthetic`` plays held-out bouncing-digits videos (one per episode,
-as the model was trained on); a video file or webcam is converted to grey and resized to the
-model's canvas (a model trained on digits will not predict natural scenes well).
+frame as a floor. Frames are validated on the host side (a source's frame, a prediction before it
+is fed back), not in the step, so ``--compile`` and ``--cuda-graph`` apply. ``--source
+synthetic`` plays held-out bouncing-digits videos (one per episode, as the model was trained on);
+a video file or webcam is converted to grey and resized to the model's canvas (a model trained
+on digits will not predict natural scenes well).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class PredictionTrack(StreamTrack):
         return self.phase == 0  # a new episode: the model forgets the last one
 
     def input(self, frame: Frame) -> Tensor:
+        if frame.image.dtype.kind == "f" and not np.isfinite(frame.image).all():
+            raise UserError(f"frame {frame.index} of the source has non-finite values (nan/inf)")
         grey = cv2.cvtColor(self.app.spec.fit(frame.image), cv2.COLOR_RGB2GRAY)
         self.truth = torch.from_numpy(grey).float().div_(255.0)[None, None].to(self.app.device)
         if self.phase == 0:
@@ -94,6 +98,8 @@ class PredictionTrack(StreamTrack):
     def update(self, frame: Frame, y: Tensor | None, step_s: float) -> None:
         truth, k, c = self.truth, self.phase, self.app.context
         assert truth is not None and y is not None  # a predictor emits every step
+        if not bool(torch.isfinite(y).all()):  # it becomes the next input while imagining
+            raise UserError(f"the model predicted non-finite values (nan/inf) at frame {self.t + 1} of a stream")
         shown = truth if self.pred is None else self.pred
         if self.pred is not None:
             self.sums["mse"][k] += float(((self.pred - truth) ** 2).mean())
@@ -133,7 +139,6 @@ class NextFrameApp(StreamApp):
 
     shipped = {"convs5_moving_digits": "convs5_moving_digits.safetensors"}
     formats = ("clplat.frame_predictor/1",)
-    can_compile = False  # the predictor checks every frame for nan/inf on the host
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -151,6 +156,9 @@ class NextFrameApp(StreamApp):
         self.period = self.context + self.horizon
         canvas = int(self.meta.get("data", {}).get("canvas", 64))
         self.spec = FrameSpec(size=(canvas, canvas))
+        # Frames are checked where they come from (the track: source frames, and each prediction
+        # before it is fed back), so the step reads nothing on the host: --compile / --cuda-graph.
+        net.check_inputs = False
         self.make_step(net)
 
     def describe(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clplat.kernels import is_tracing
 from clplat.streaming.convlstm import ConvLSTM
 from clplat.streaming.module import State, StreamModule
 from clplat.streaming.ssm import ConvS5
@@ -112,13 +113,17 @@ class FramePredictor(StreamModule):
     Output ``t`` predicts frame ``t + 1`` from frames ``0..t``. ``H`` and ``W`` must be divisible
     by 4 (the latent grid is ``H/4 x W/4`` with ``latent`` channels). ``core="convs5"`` uses
     ``state_channels`` (P) per layer; ``core="convlstm"`` ignores it (hidden = ``latent``).
+    ``check_inputs``: every call checks its input for nan/inf (a host read, one device sync); a
+    stream that validates its frames where they come from sets it False, so its ``step`` has no
+    host read and can be compiled or captured in a CUDA graph (shapes are always checked).
     """
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (16, 32), latent: int = 32,
                  layers: int = 2, core: CoreKind = "convs5", state_channels: int = 32,
-                 kernel_size: int = 3, dropout: float = 0.0) -> None:
+                 kernel_size: int = 3, dropout: float = 0.0, check_inputs: bool = True) -> None:
         super().__init__()
         self.in_channels, self.core_kind, self.latent = in_channels, core, latent
+        self.check_inputs = check_inputs
         w1, w2 = widths
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, w1, 3, 2, 1), ResBlock(w1, w2, stride=2), ResBlock(w2, latent),
@@ -140,7 +145,7 @@ class FramePredictor(StreamModule):
             want = "(B, C, T, H, W)" if dims == 5 else "(B, C, H, W)"
             raise ValueError(f"FramePredictor expects {want} with C={self.in_channels} and H, W divisible by 4, "
                              f"got shape {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if self.check_inputs and not is_tracing() and not bool(torch.isfinite(x).all()):
             raise ValueError("FramePredictor got non-finite values (nan/inf) in its input")
 
     def observe(self, clip: Tensor, state: State = None) -> tuple[Tensor, State]:
