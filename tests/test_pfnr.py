@@ -272,6 +272,7 @@ BAD = [
     (["data.videos=[{missing}]"], "not found"),
     (["data.videos=[{corrupt}]"], "cannot read video"),
     (["data.videos=[{empty}]"], "has no frames"),
+    (["data.videos=[{small}]"], "smaller than data.size"),
     (["data.size=[24,24]"], "cannot be reached by the NeRV strides"),
     (["pfnr.c=0"], "pfnr.c"),
     (["pfnr.c=120"], "pfnr.c"),
@@ -285,7 +286,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys,
 
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00not a video" * 50)
     (tmp_path / "empty").mkdir()
-    paths = {"missing": tmp_path / "nope.mp4", "corrupt": tmp_path / "corrupt.mp4", "empty": tmp_path / "empty"}
+    _write_mp4(tmp_path / "small.mp4", frames=2, size=(8, 8))
+    paths = {"missing": tmp_path / "nope.mp4", "corrupt": tmp_path / "corrupt.mp4", "empty": tmp_path / "empty",
+             "small": tmp_path / "small.mp4"}
     args = [o.format(**paths) for o in over]
     code = main([str(REPO / "experiments" / "pfnr_videos.yaml"), *tiny_overrides(tmp_path), *args])
     err = capsys.readouterr().err.strip().splitlines()
