@@ -193,7 +193,9 @@ def part_c(args: argparse.Namespace) -> None:
         sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
         modes = {"eager": net.step}
         if not args.no_compile:
-            modes["compiled"] = compile_step(net)
+            from clplat.streaming.apps.event_flow import COMPILE_OPTIONS_CPU  # no freezing: see there
+
+            modes["compiled"] = compile_step(net, options=COMPILE_OPTIONS_CPU if dev == "cpu" else None)
         row = {"part": "c", "arch": arch, "width": width, "downsample": ds, "size": f"{w}x{h}", "device": dev,
                "parameters": sum(p.numel() for p in net.parameters())}
         with torch.inference_mode():
