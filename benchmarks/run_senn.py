@@ -66,12 +66,16 @@ def stats(values: list[float]) -> str:
 def table(all_runs: dict[int, dict[str, dict[str, Any]]]) -> str:
     seeds = sorted(all_runs)
     acc = {m: [all_runs[s][m]["a_last"] for s in seeds] for m in METHODS}
+    avg = {m: [all_runs[s][m]["a_avg"] for s in seeds] for m in METHODS}
     par = {m: [all_runs[s][m]["backbone_params"] for s in seeds] for m in METHODS}
-    lines = ["| method | final accuracy % | backbone parameters | Δ accuracy vs SENN (paired) | per seed Δ |",
-             "|---|---|---|---|---|"]
+    sessions = len(all_runs[seeds[0]]["senn"]["session_acc"]) > 1
+    lines = ["| method | final accuracy % |" + (" A_avg % |" if sessions else "")
+             + " backbone parameters | Δ final accuracy vs SENN (paired) | per seed Δ |",
+             "|---|---|" + ("---|" if sessions else "") + "---|---|---|"]
     for m in METHODS:
         diff = [a - b for a, b in zip(acc[m], acc["senn"], strict=True)]
-        lines.append(f"| {m} | {stats(acc[m])} | {stats([float(p) for p in par[m]])} | "
+        lines.append(f"| {m} | {stats(acc[m])} |" + (f" {stats(avg[m])} |" if sessions else "")
+                     + f" {stats([float(p) for p in par[m]])} | "
                      f"{'-' if m == 'senn' else stats(diff)} | "
                      f"{'-' if m == 'senn' else ', '.join(f'{d:+.2f}' for d in diff)} |")
     arch = "; ".join(f"s{s}: {all_runs[s]['senn']['architecture_summary']} "
