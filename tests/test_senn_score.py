@@ -175,7 +175,7 @@ def train(st: Senn, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> None:
 
 @pytest.mark.parametrize("thresholds", [
     {"abs_thresh": 5e-3, "noise_z": 0.0},  # the absolute criterion alone
-    pytest.param({"abs_thresh": 0.0, "noise_z": 2.0}, marks=pytest.mark.slow),  # the significance test alone
+    {"abs_thresh": 0.0, "noise_z": 2.0},  # the significance test alone
 ])
 def test_width_that_must_help_grows_and_a_saturated_net_does_not(thresholds) -> None:
     """A 1-channel net cannot represent a 6-filter teacher: the score asks for width. The same net
