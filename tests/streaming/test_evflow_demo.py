@@ -125,3 +125,16 @@ def test_demo_errors(model_file, tmp_path, capsys):
     assert "bad.txt" in capsys.readouterr().err
     assert stream_main(["--model", model_file, "--source", str(bad), "--sensor-size", "8by8", "--out", out]) == 2
     assert "--sensor-size" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_demo_equals_eager_on_the_shipped_lstm(tmp_path):
+    """``--compile`` (Inductor on CPU) streams the trained LSTM net to the same EPE as eager steps
+    (with Inductor's freezing it would not: the app compiles without it)."""
+    scene = make_scene(SceneConfig(height=40, width=56, duration_ms=130, n_objects=2), seed=11, keep_frames=False)
+    path = tmp_path / "scene.h5"
+    write_scene_h5(path, scene)
+    eager = _play("evflow_lstm", str(path), tmp_path)
+    compiled = _play("evflow_lstm", str(path), tmp_path, "--compile")
+    assert compiled["compiled"]["phases"] == 1
+    assert compiled["flow_scores"]["epe"] == pytest.approx(eager["flow_scores"]["epe"], abs=1e-3)
