@@ -161,8 +161,8 @@ class CurvatureTracker:
         def hook(g: Tensor) -> None:
             g = self._subset(g.detach()) * self.n_batch  # per-sample loss gradients
             if self.mode == "ema":
-                d = positions(g)
-                self.update(f"{name}_G", torch.einsum("nol,npl->op", d, d) / (d.shape[0] * d.shape[2]) / self.nu2)
+                d = positions(g).transpose(0, 1).reshape(g.shape[1], -1)  # (O, N*L)
+                self.update(f"{name}_G", d @ d.T / d.shape[1] / self.nu2)
             elif self.mode == "decision":
                 if kind == "proj":
                     self.record.dproj = g
@@ -202,8 +202,8 @@ class CurvatureTracker:
 
     # --- factors ----------------------------------------------------------------------------------
     def update_A(self, name: str, x: Tensor) -> None:
-        a = patches(x)
-        self.update(name, torch.einsum("ndl,nel->de", a, a) / (a.shape[0] * a.shape[2]))
+        a = patches(x).transpose(0, 1).reshape(-1, x.shape[0] * (x[0, 0].numel() if x.dim() == 4 else 1))
+        self.update(name, a @ a.T / a.shape[1])  # E[a a^T] over samples and positions
 
     def update(self, name: str, value: Tensor) -> None:
         """Running average: the plain mean of the first 1/(1-decay) values, then exponential (so
