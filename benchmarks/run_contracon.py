@@ -152,11 +152,11 @@ def spec_parameter_table() -> str:
 
 
 def per_seed_table(results: dict[str, list[dict]]) -> str:
-    lines = ["| method | seed | TIL | CIL | task-id | wall (s), loaded machine |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | seed | TIL | CIL | task-id |", "|---|---:|---:|---:|---:|"]
     for method, runs in results.items():
         for r in sorted(runs, key=lambda r: r["seed"]):
             lines.append(f"| {method} | {r['seed']} | {r['til_acc']:.2f} | {r['cil_acc']:.2f} | "
-                         f"{r['task_id_acc']:.2f} | {r.get('wall_time_s', 0):.0f} |")
+                         f"{r['task_id_acc']:.2f} |")
     return "\n".join(lines)
 
 
@@ -178,7 +178,7 @@ def render(table: str, results: dict[str, list[dict]], seeds: list[int], missing
         "ConTraCon's parameters per task at paper scale (`cct_6`, 32 px; computed by this script from the "
         "strategy, against spec B.2.1):",
         spec_parameter_table(),
-        "Per seed (wall times from a loaded shared 2-core machine: not valid as timings):",
+        "Per seed:",
         per_seed_table(results),
     ])
 
