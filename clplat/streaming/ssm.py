@@ -13,14 +13,21 @@ imaginary parts. With ``⊛`` a "same" spatial conv::
 Λ comes from the HiPPO-LegS eigenvalues (Re Λ clipped to ≤ -1e-4), Δ = exp(log_step) per state,
 and zero-order hold gives ``Λ̄ = exp(ΛΔ)``, ``B̄ = (Λ̄ - 1)/Λ · B̃``. Because Λ̄ is diagonal and the
 same at every pixel, the recurrence is elementwise, so ``forward`` computes all ``B̄ ⊛ u_t`` at
-once, runs an associative scan over time (depth ``O(log T)``, work ``O(T)``) and applies ``C̃``
-to all states at once; ``step`` runs the recurrence (the state update is the fused
-``clplat.kernels.ssm_step``, Triton on CUDA). Both give the same numbers.
+once, solves the recurrence for all ``t`` and applies ``C̃`` to all states at once; ``step`` runs
+the recurrence (the state update is the fused ``clplat.kernels.ssm_step``, Triton on CUDA). Both
+give the same numbers. Two parallel solvers (``ConvS5(scan=...)``):
+
+- ``"chunked"`` (default, measured faster on CPU): Λ̄ does not change with time, so the states of a
+  chunk of ``L`` steps are one matrix product with the lower-triangular Toeplitz matrix of
+  ``Λ̄^(t-s)``, and chunks are chained through their end states (``chunked_lti_scan``);
+- ``"assoc"``: the odd/even associative scan (``linear_scan``, depth ``O(log T)``), which also
+  takes a time-varying ``a``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +38,7 @@ from clplat.kernels._backend import is_tracing
 from clplat.kernels.ssm_step import ssm_step
 from clplat.streaming.module import State, StreamModule
 
-__all__ = ["ConvS5", "hippo_legs_eigens", "linear_scan", "scan_combine"]
+__all__ = ["ConvS5", "chunked_lti_scan", "hippo_legs_eigens", "linear_scan", "lti_powers", "scan_combine"]
 
 Pair = tuple[Tensor, Tensor]  # (real, imaginary)
 
@@ -100,13 +107,79 @@ def linear_scan(a: Pair, b: Pair) -> tuple[Pair, Pair]:
     return out_a, out_b  # type: ignore[return-value]
 
 
+def lti_powers(a: Pair, n: int) -> Pair:
+    """``(a^0, ..., a^{n-1})`` along a new last dim, for ``a`` of shape ``(C,)``: by doubling
+    (``log2 n`` complex products), so the rounding is no worse than the recurrence's own."""
+    a_re, a_im = a[0][:, None], a[1][:, None]
+    p_re, p_im = torch.ones_like(a_re), torch.zeros_like(a_im)
+    while p_re.shape[1] < n:
+        l_re = p_re[:, -1:] * a_re - p_im[:, -1:] * a_im  # a^k, with k the current length
+        l_im = p_re[:, -1:] * a_im + p_im[:, -1:] * a_re
+        n_re, n_im = p_re * l_re - p_im * l_im, p_re * l_im + p_im * l_re  # a^k .. a^(2k-1)
+        p_re, p_im = torch.cat([p_re, n_re], 1), torch.cat([p_im, n_im], 1)
+    return p_re[:, :n], p_im[:, :n]
+
+
+def _rot(p_re: Tensor, p_im: Tensor) -> Tensor:
+    """Complex numbers as real 2x2 blocks ``[[re, -im], [im, re]]`` in two new last dims."""
+    return torch.stack([torch.stack([p_re, -p_im], -1), torch.stack([p_im, p_re], -1)], -2)
+
+
+def chunked_lti_scan(a: Pair, v: Tensor, x0: Tensor | None = None, chunk: int = 16) -> Tensor:
+    """``x_t = a ⊙ x_{t-1} + v_t`` (complex, ``a`` time-invariant) for all ``t``, as matrix products.
+
+    ``a``: ``(C,)`` (re, im); ``v``: ``(C, T, 2, M)`` (state channel, time, re/im, anything);
+    ``x0``: ``(C, 2, M)`` or ``None`` (zeros). Returns all states, shaped like ``v``.
+
+    Time is cut into chunks of ``L = chunk`` steps. Inside a chunk the recurrence from a zero
+    state is one ``2L x 2L`` real matrix per channel (the lower-triangular Toeplitz matrix of
+    ``a^(t-s)``, complex entries as 2x2 blocks), applied to every chunk in one batched matmul. The
+    states at the chunk ends obey the same recurrence with ``a^L``, one step per chunk: solved by
+    the same function on ``T/L`` steps (recursion depth ``log_L T``). Each chunk then adds
+    ``a^(l+1)`` times the state carried in from the previous chunk (``x0`` for the first) in one
+    more batched matmul. Only non-negative powers of ``|a| <= 1`` appear, so nothing blows up.
+    """
+    if chunk < 2:
+        raise ValueError(f"chunk must be >= 2 (each level shortens time by that factor), got {chunk}")
+    c, t, _, m = v.shape
+    n = min(chunk, t)
+    p_re, p_im = lti_powers(a, n + 1)
+    lag = torch.arange(n, device=v.device)
+    lag = lag[:, None] - lag[None, :]
+    causal = (lag >= 0).to(v.dtype)
+    lag = lag.clamp(min=0)
+    toeplitz = _rot(p_re[:, lag] * causal, p_im[:, lag] * causal)  # (C, L, L, 2, 2): [l, s, r, r']
+    toeplitz = toeplitz.transpose(2, 3).reshape(c, 1, 2 * n, 2 * n)
+    chunks = -(-t // n)
+    if chunks * n != t:  # zeros after the end change nothing before it
+        v = F.pad(v, (0, 0, 0, 0, 0, chunks * n - t))
+    v = v.reshape(c, chunks, 2 * n, m)
+    local = torch.matmul(toeplitz, v)  # (C, chunks, 2L, M): each chunk from a zero state
+    if chunks > 1:  # the states carried out of chunks 0 .. chunks-2 (their last rows of ``local``)
+        ends = torch.matmul(toeplitz[:, :, -2:], v)  # all chunks: slicing v would cost a full pass
+        carried = chunked_lti_scan((p_re[:, n], p_im[:, n]), ends[:, :-1], x0, chunk)
+        first = carried.new_zeros(c, 1, 2, m) if x0 is None else x0[:, None]
+        carry = torch.cat([first, carried], 1)
+    elif x0 is not None:
+        carry = x0[:, None]
+    else:
+        carry = None
+    if carry is not None:  # + a^(l+1) times the state carried in
+        inject = _rot(p_re[:, 1:], p_im[:, 1:]).reshape(c, 1, 2 * n, 2).expand(c, chunks, 2 * n, 2)
+        local = torch.baddbmm(local.reshape(c * chunks, 2 * n, m), inject.reshape(c * chunks, 2 * n, 2),
+                              carry.reshape(c * chunks, 2, m))
+    out = local.view(c, chunks * n, 2, m)
+    return out if chunks * n == t else out[:, :t]
+
 class ConvS5(StreamModule):
     """ConvS5 layer: ``(B, channels, T, H, W) -> (B, channels, T, H, W)``; delay 0, unbounded memory.
 
     ``channels`` is U (input = output channels), ``state_channels`` is P (even; P/2 complex states).
     ``kernel_size`` (odd) is shared by the B̃, C̃ and D convs. ``dt_range`` bounds the log-uniform
     initial timestep. ``check_inputs`` validates shapes and finiteness on every call (one device
-    sync per call on CUDA; skipped while a step is traced for compilation).
+    sync per call on CUDA; skipped while a step is traced for compilation). ``scan`` picks the
+    parallel solver (module docstring) and ``scan_chunk`` its chunk length ``L``; neither changes
+    the parameters or the outputs beyond rounding, so weights load into either.
     """
 
     def __init__(
@@ -116,8 +189,15 @@ class ConvS5(StreamModule):
         kernel_size: int = 3,
         dt_range: tuple[float, float] = (1e-3, 1e-1),
         check_inputs: bool = True,
+        scan: Literal["chunked", "assoc"] = "chunked",
+        scan_chunk: int = 16,
     ) -> None:
         super().__init__()
+        if scan not in ("chunked", "assoc"):
+            raise ValueError(f"scan must be 'chunked' or 'assoc', got {scan!r}")
+        if scan_chunk < 2:
+            raise ValueError(f"scan_chunk must be >= 2, got {scan_chunk}")
+        self.scan, self.scan_chunk = scan, scan_chunk
         if channels < 1 or state_channels < 2 or state_channels % 2:
             raise ValueError(f"need channels >= 1 and an even state_channels >= 2, got {channels}, {state_channels}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -233,8 +313,33 @@ class ConvS5(StreamModule):
         """The parallel form: ``(outputs (B, U, T, H, W), final state)``; ``state`` is the initial
         state (``None``: zeros), e.g. from ``step`` or an earlier ``forward_scan``."""
         self._check_frame(clip, "clip", 5)
-        bsz, _, t, h, w = clip.shape
         x0 = None if state is None else self._check_state(state, clip[:, :, 0])
+        if self.scan == "chunked":
+            return self._scan_chunked(clip, x0)
+        return self._scan_assoc(clip, x0)
+
+    def _scan_chunked(self, clip: Tensor, x0: Tensor | None) -> tuple[Tensor, State]:
+        """``chunked_lti_scan`` between time-major NCHW convs: one copy of ``B̄ ⊛ u`` into the scan's
+        layout ``(state channel, T, re/im, B·H·W)`` and one copy of the states out of it (both move
+        whole ``H·W`` rows; a channels-last layout measured slower, its copies being transposes)."""
+        bsz, _, t, h, w = clip.shape
+        a_re, a_im, w_in, b_in, w_out = self.discretize()
+        pad, half, sdt = self.kernel_size // 2, self.state_half, self._state_dtype(clip)
+        frames = clip.permute(2, 0, 1, 3, 4).reshape(t * bsz, self.channels, h, w)  # time-major
+        z = F.conv2d(frames, w_in.to(clip.dtype), b_in.to(clip.dtype), padding=pad).view(t, bsz, -1, h, w)
+        bu, du = z.split([2 * half, self.channels], dim=2)
+        v = bu.to(sdt).reshape(t, bsz, 2, half, h * w).permute(3, 0, 2, 1, 4).reshape(half, t, 2, bsz * h * w)
+        if x0 is not None:
+            x0 = x0.reshape(bsz, 2, half, h * w).permute(2, 1, 0, 3).reshape(half, 2, bsz * h * w)
+        xs = chunked_lti_scan((a_re.to(sdt), a_im.to(sdt)), v, x0, self.scan_chunk)
+        xs = xs.view(half, t, 2, bsz, h * w).permute(1, 3, 2, 0, 4).reshape(t, bsz, 2 * half, h, w)
+        y = F.conv2d(xs.flatten(0, 1).to(clip.dtype), w_out.to(clip.dtype), padding=pad).view(t, bsz, -1, h, w)
+        y = y + du
+        return y.permute(1, 2, 0, 3, 4), (xs[-1],)
+
+    def _scan_assoc(self, clip: Tensor, x0: Tensor | None) -> tuple[Tensor, State]:
+        """The odd/even associative scan (``linear_scan``) between time-major NCHW convs."""
+        bsz, _, t, h, w = clip.shape
         a_re, a_im, w_in, b_in, w_out = self.discretize()
         pad, half, sdt = self.kernel_size // 2, self.state_half, self._state_dtype(clip)
         frames = clip.permute(2, 0, 1, 3, 4).reshape(t * bsz, self.channels, h, w)  # time-major

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from clplat.streaming import ConvLSTM, ConvS5
-from clplat.streaming.ssm import hippo_legs_eigens, linear_scan, scan_combine
+from clplat.streaming.ssm import chunked_lti_scan, hippo_legs_eigens, linear_scan, lti_powers, scan_combine
+
+SCANS = ["chunked", "assoc"]
 
 
-def _layer(seed: int = 0, channels: int = 3, state: int = 8, k: int = 3, dtype=torch.float32) -> ConvS5:
+def _layer(seed: int = 0, channels: int = 3, state: int = 8, k: int = 3, dtype=torch.float32, **kw) -> ConvS5:
     torch.manual_seed(seed)
-    return ConvS5(channels, state, kernel_size=k).to(dtype)
+    return ConvS5(channels, state, kernel_size=k, **kw).to(dtype)
 
 
 def _steps(module, clip, state=None):
@@ -25,10 +27,11 @@ def _steps(module, clip, state=None):
 
 
 # ---- scan equals step -------------------------------------------------------------------------
-@pytest.mark.parametrize("t", [1, 2, 3, 7, 64, pytest.param(1000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("scan", SCANS)
+@pytest.mark.parametrize("t", [1, 2, 3, 7, 64, 93, pytest.param(1000, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_scan_equals_step(t, with_state):
-    layer = _layer(t)
+def test_scan_equals_step(t, with_state, scan):
+    layer = _layer(t, scan=scan)
     g = torch.Generator().manual_seed(t)
     clip = torch.randn(1, 3, t, 3, 4, generator=g)
     state = (torch.randn(1, 8, 3, 4, generator=g),) if with_state else None
@@ -104,6 +107,69 @@ def test_linear_scan_matches_a_loop_with_time_varying_a(t):
     torch.testing.assert_close(torch.complex(xr, xi), ref)
 
 
+def _complex_loop(a, v, x0):
+    """Reference for ``chunked_lti_scan``: the recurrence one step at a time in complex128."""
+    ca, cv = torch.complex(*a)[:, None], torch.complex(v[:, :, 0], v[:, :, 1])
+    x = torch.zeros_like(cv[:, 0]) if x0 is None else torch.complex(x0[:, 0], x0[:, 1])
+    out = []
+    for k in range(v.shape[1]):
+        x = ca * x + cv[:, k]
+        out.append(x)
+    out = torch.stack(out, 1)
+    return torch.stack([out.real, out.imag], 2)
+
+
+@pytest.mark.parametrize("t", [1, 3, 4, 5, 16, 17, 37, 70])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunked_scan_matches_a_loop(t, with_state):
+    """Chunks of 4: T not a multiple of L (padding), T > L² (two levels of chunk-end recursion)."""
+    g = torch.Generator().manual_seed(t)
+    radius = torch.rand(3, generator=g, dtype=torch.float64) * 0.5 + 0.49  # |a| in [0.49, 0.99]
+    angle = torch.rand(3, generator=g, dtype=torch.float64) * 6.0 - 3.0
+    a = (radius * angle.cos(), radius * angle.sin())
+    v = torch.randn(3, t, 2, 5, generator=g, dtype=torch.float64)
+    x0 = torch.randn(3, 2, 5, generator=g, dtype=torch.float64) if with_state else None
+    got = chunked_lti_scan(a, v, x0, chunk=4)
+    assert got.shape == v.shape
+    torch.testing.assert_close(got, _complex_loop(a, v, x0), atol=1e-12, rtol=1e-12)
+    _, (xr, xi) = linear_scan((a[0][None, :, None].expand(t, 3, 1), a[1][None, :, None].expand(t, 3, 1)),
+                              (v[:, :, 0].transpose(0, 1), v[:, :, 1].transpose(0, 1)))
+    if x0 is None:  # the associative scan agrees too
+        torch.testing.assert_close(got, torch.stack([xr, xi], 2).transpose(0, 1), atol=1e-12, rtol=1e-12)
+
+
+def test_lti_powers():
+    a = (torch.tensor([0.9, -0.3], dtype=torch.float64), torch.tensor([0.2, 0.8], dtype=torch.float64))
+    p_re, p_im = lti_powers(a, 11)
+    want = torch.complex(*a)[:, None] ** torch.arange(11)
+    torch.testing.assert_close(torch.complex(p_re, p_im), want)
+
+
+def test_chunked_scan_gradcheck_float64():
+    """Gradients reach ``a`` (through the Toeplitz and carry matrices), the inputs and ``x0``."""
+    g = torch.Generator().manual_seed(11)
+    a_re = (0.8 * torch.rand(2, generator=g, dtype=torch.float64)).requires_grad_()
+    a_im = (0.4 * torch.rand(2, generator=g, dtype=torch.float64)).requires_grad_()
+    v = torch.randn(2, 7, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    x0 = torch.randn(2, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    fn = lambda ar, ai, u, s: chunked_lti_scan((ar, ai), u, s, chunk=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a_re, a_im, v, x0), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [2, 5, 16])
+def test_chunked_and_assoc_layers_agree(chunk):
+    """The two solvers share the parameters: outputs and final states agree, initial state given."""
+    layer = _layer(12, scan="assoc")
+    g = torch.Generator().manual_seed(12)
+    clip, state = torch.randn(2, 3, 41, 4, 3, generator=g), (torch.randn(2, 8, 4, 3, generator=g),)
+    with torch.no_grad():
+        y_a, (last_a,) = layer.forward_scan(clip, state)
+        layer.scan, layer.scan_chunk = "chunked", chunk
+        y_c, (last_c,) = layer.forward_scan(clip, state)
+    torch.testing.assert_close(y_c, y_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last_c, last_a, atol=1e-5, rtol=1e-5)
+
+
 # ---- initialisation and discretisation --------------------------------------------------------
 def test_hippo_legs_eigens():
     n = 8
@@ -176,8 +242,9 @@ def test_step_cache_follows_weight_updates():
 
 
 # ---- gradients --------------------------------------------------------------------------------
-def test_scan_gradcheck_float64():
-    layer = _layer(5, channels=2, state=4, dtype=torch.float64)
+@pytest.mark.parametrize("scan", SCANS)
+def test_scan_gradcheck_float64(scan):
+    layer = _layer(5, channels=2, state=4, dtype=torch.float64, scan=scan, scan_chunk=2)
     g = torch.Generator().manual_seed(5)
     clip = torch.randn(1, 2, 5, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
     x0 = torch.randn(1, 4, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
@@ -190,8 +257,9 @@ def test_scan_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (clip, x0, *params), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_scan_gradient_equals_sequential_loop_gradient():
-    layer = _layer(6, channels=2, state=6, dtype=torch.float64)
+@pytest.mark.parametrize("scan", SCANS)
+def test_scan_gradient_equals_sequential_loop_gradient(scan):
+    layer = _layer(6, channels=2, state=6, dtype=torch.float64, scan=scan, scan_chunk=4)
     g = torch.Generator().manual_seed(6)
     clip = torch.randn(2, 2, 13, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(2, 2, 13, 3, 3, generator=g, dtype=torch.float64)
@@ -281,6 +349,10 @@ def test_bad_configuration():
         ConvS5(3, 8, kernel_size=2)
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         ConvLSTM(3, 8, kernel_size=4)
+    with pytest.raises(ValueError, match="scan must be 'chunked' or 'assoc'"):
+        ConvS5(3, 8, scan="fft")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scan_chunk must be >= 2"):
+        ConvS5(3, 8, scan_chunk=1)
 
 
 def test_stream_module_faces():
