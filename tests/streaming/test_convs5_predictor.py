@@ -202,3 +202,25 @@ def test_shipped_model_runs_the_demo_headless(tmp_path):
     assert stats["mse_per_frame"][3] < 0.05
     with pytest.raises(UserError, match="not found"):
         demo_main(["--model", str(tmp_path / "nope.safetensors"), "--out", str(out)])
+
+
+def test_shipped_model_gives_the_same_outputs_with_either_scan():
+    """The shipped weights mean the same under the chunked scan (default) and the associative
+    scan it was trained with: observe outputs and states agree, and both agree with stepping."""
+    from clplat.streaming import ConvS5
+    from clplat.streaming.prediction.demo import resolve_predictor
+
+    model, _ = load_predictor(resolve_predictor("convs5_moving_digits"))
+    cores = [m for m in model.modules() if isinstance(m, ConvS5)]
+    assert cores and all(c.scan == "chunked" for c in cores)
+    clip = BouncingDigits("test", 1, BouncingDigitsSpec(frames=37), seed=3)[0][None, None].float() / 255
+    with torch.no_grad():
+        chunked, s_chunked = model.observe(clip)
+        for c in cores:
+            c.scan = "assoc"
+        assoc, s_assoc = model.observe(clip)
+        stepped, _ = model.forward_steps(clip[:, :, :9])
+    torch.testing.assert_close(chunked, assoc, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked[:, :, :9], stepped, atol=1e-5, rtol=1e-5)
+    for a, b in zip(torch.utils._pytree.tree_leaves(s_chunked), torch.utils._pytree.tree_leaves(s_assoc), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
