@@ -2,7 +2,7 @@
 
     python benchmarks/convs5.py [--lengths 16 64 256] [--channels 32] [--grid 16] [--layers 2]
                                 [--batch 2] [--threads 2] [--rounds 3] [--device cpu|cuda]
-                                [--json out.json]
+                                [--scan chunked|assoc|both] [--json out.json]
 
 The stacks are the recurrent part of ``clplat.streaming.models.convs5_predictor`` (``layers``
 post-norm ``PredictorLayer`` blocks on a ``grid`` x ``grid`` latent with ``channels`` channels),
@@ -11,7 +11,8 @@ without the frame encoder/decoder, which costs the same for both. ConvLSTM has h
 parameters (within 1 %), unless ``--state-channels`` fixes it.
 
 - (a) training step: forward over a ``(batch, channels, T, grid, grid)`` clip + backward of a
-  mean loss, for each ``T`` (ConvS5: parallel scan; ConvLSTM: its recurrence over time);
+  mean loss, for each ``T`` (ConvS5: parallel scan, ``--scan`` picks the solver, ``both`` times
+  each as its own row; ConvLSTM: its recurrence over time);
 - (b) per-frame step latency at batch 1 under ``torch.no_grad`` (what a stream pays per frame);
 - (c) memory: on CPU the rise of the peak resident set (``VmHWM``, reset before the measured
   first call) in a fresh child process per measurement; on CUDA ``torch.cuda.max_memory_allocated``.
@@ -42,9 +43,15 @@ from clplat.streaming.models.convs5_predictor import PredictorLayer, count_param
 KINDS = ("convs5", "convlstm")
 
 
-def build_stack(kind: str, channels: int, layers: int, state_channels: int) -> nn.ModuleList:
+def build_stack(kind: str, channels: int, layers: int, state_channels: int, scan: str = "chunked") -> nn.ModuleList:
+    """``kind`` is ``convs5``, ``convlstm`` or ``convs5-assoc`` (ConvS5 with the associative scan)."""
     torch.manual_seed(0)
-    return nn.ModuleList(PredictorLayer(channels, kind, state_channels) for _ in range(layers))  # type: ignore[arg-type]
+    core = "convs5" if kind.startswith("convs5") else kind
+    stack = nn.ModuleList(PredictorLayer(channels, core, state_channels) for _ in range(layers))  # type: ignore[arg-type]
+    for layer in stack:
+        if core == "convs5":
+            layer.core.scan = "assoc" if kind == "convs5-assoc" else scan
+    return stack
 
 
 def matched_state_channels(channels: int, layers: int) -> int:
@@ -96,7 +103,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     """One (stack, length) measurement; runs in a fresh process (its own peak memory)."""
     torch.set_num_threads(job["threads"])
     dev, c, g = job["device"], job["channels"], job["grid"]
-    stack = build_stack(job["kind"], c, job["layers"], job["state_channels"]).to(dev)
+    stack = build_stack(job["kind"], c, job["layers"], job["state_channels"], job["scan"]).to(dev)
     clip = torch.randn(job["batch"], c, job["length"], g, g, device=dev)
     if job["mode"] == "train":
         base = _reset_peak(dev)
@@ -130,8 +137,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 def check_equivalence(args: argparse.Namespace, p: int) -> dict[str, float]:
     """Max |parallel form - step-by-step form| of each stack on a short clip."""
     out = {}
-    for kind in KINDS:
-        stack = build_stack(kind, args.channels, args.layers, p).to(args.device)
+    for kind in _kinds(args):
+        stack = build_stack(kind, args.channels, args.layers, p, args.scan).to(args.device)
         clip = torch.randn(1, args.channels, 9, args.grid, args.grid, device=args.device)
         with torch.no_grad():
             full = _run_stack(stack, clip)
@@ -141,6 +148,10 @@ def check_equivalence(args: argparse.Namespace, p: int) -> dict[str, float]:
         if out[kind] > 1e-4:
             raise SystemExit(f"{kind}: parallel and step forms differ by {out[kind]:.2e}")
     return out
+
+
+def _kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("convs5", "convs5-assoc", "convlstm") if args.scan == "both" else KINDS
 
 
 def _in_child(job: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +172,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--step-repeats", type=int, default=50)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--scan", choices=["chunked", "assoc", "both"], default="chunked",
+                   help="ConvS5 parallel solver (both: 'convs5' is chunked, 'convs5-assoc' the associative scan)")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,12 +184,13 @@ def main() -> None:
           f"parameters ConvS5 (P={pstate}) {sizes['convs5']}, ConvLSTM {sizes['convlstm']}; "
           f"parallel vs step max|diff| {diffs}")
     base = {"device": args.device, "channels": args.channels, "grid": args.grid, "layers": args.layers,
-            "batch": args.batch, "state_channels": pstate, "threads": args.threads}
+            "batch": args.batch, "state_channels": pstate, "threads": args.threads,
+            "scan": "chunked" if args.scan == "both" else args.scan}
     results: dict[str, Any] = {"config": base, "parameters": sizes, "equivalence": diffs, "train": {}, "step": {}}
     for t in args.lengths:
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in _kinds(args)}
         for _ in range(args.rounds):
-            for kind in KINDS:
+            for kind in _kinds(args):
                 runs[kind].append(_in_child({**base, "kind": kind, "mode": "train", "length": t, "repeats": 1}))
         row = {k: {"seconds": statistics.median(r["seconds"] for r in v),
                    "peak_mb": statistics.median(r["peak_bytes"] for r in v) / 2**20} for k, v in runs.items()}
@@ -185,6 +199,10 @@ def main() -> None:
         print(f"train T={t:4d}: ConvS5 {row['convs5']['seconds'] * 1e3:9.1f} ms {row['convs5']['peak_mb']:8.1f} MB | "
               f"ConvLSTM {row['convlstm']['seconds'] * 1e3:9.1f} ms {row['convlstm']['peak_mb']:8.1f} MB | "
               f"ConvLSTM/ConvS5 time {row['speedup']:.2f}x")
+        if "convs5-assoc" in row:
+            row["speedup_assoc"] = row["convlstm"]["seconds"] / row["convs5-assoc"]["seconds"]
+            print(f"             ConvS5 associative scan {row['convs5-assoc']['seconds'] * 1e3:9.1f} ms "
+                  f"{row['convs5-assoc']['peak_mb']:8.1f} MB | ConvLSTM/ConvS5-assoc time {row['speedup_assoc']:.2f}x")
     for kind in KINDS:
         r = [_in_child({**base, "kind": kind, "mode": "step", "length": 1, "repeats": args.step_repeats})
              for _ in range(args.rounds)]
