@@ -7,7 +7,10 @@ import torch
 
 pytest.importorskip("triton")
 
-import clplat.kernels.ssm_step as ssm_step_module  # noqa: E402
+import importlib  # noqa: E402
+
+# the package re-exports the function ``ssm_step``, which shadows the submodule as an attribute
+ssm_step_module = importlib.import_module("clplat.kernels.ssm_step")
 from clplat.kernels.ssm_step import ssm_step, ssm_step_reference, ssm_step_triton  # noqa: E402
 from clplat.streaming import ConvS5  # noqa: E402
 
