@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 from clplat.errors import UserError
@@ -407,3 +407,56 @@ class ReplicaCheck:
 
 
 REPLICAS = ReplicaCheck()  # this process's checks (results.json["distributed"])
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch across the ranks — what one
+    process computes on the whole batch — so a split batch trains and tracks running statistics as
+    one process does (torch's ``SyncBatchNorm`` runs only on GPUs). The per-channel sums go through
+    a differentiable all-reduce, so the gradient through the statistics is the global one too. Same
+    parameters and buffers as the layer it replaces: checkpoints are interchangeable."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and _initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c, dims = x.shape[1], [0, *range(2, x.dim())]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        sums = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = sums[2 * c]
+        mean = sums[:c] / n
+        var = (sums[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            self._track(mean.detach(), var.detach() * n / (n - 1).clamp_min(1))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+    @torch.no_grad()
+    def _track(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        self.num_batches_tracked += 1
+        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        self.running_var.mul_(1 - m).add_(unbiased_var, alpha=m)
+
+
+def global_batchnorm_(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm of ``module`` (in place) for a ``GlobalBatchNorm`` holding the same
+    parameters and buffers; a no-op outside a DDP run."""
+    if not world().distributed:
+        return module
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats)
+            bn._parameters, bn._buffers = child._parameters, child._buffers  # the same tensors (requires_grad kept)
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            global_batchnorm_(child)
+    return module

@@ -20,7 +20,15 @@ from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
 from clplat.engine.callbacks import StreamDriver, StreamProgress
 from clplat.engine.checkpoint import CHECKPOINT, CheckpointedRun, ProcessRecord, rng_state  # noqa: F401 (CHECKPOINT: public here)
-from clplat.engine.distributed import REPLICAS, ShareSampler, setup_world, shared_run_dir, trainer_args, world
+from clplat.engine.distributed import (
+    REPLICAS,
+    ShareSampler,
+    global_batchnorm_,
+    setup_world,
+    shared_run_dir,
+    trainer_args,
+    world,
+)
 from clplat.engine.driver import PlanBatchSampler, StreamCursor, plan_batches
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord, summarize
@@ -68,7 +76,8 @@ class Experiment(CheckpointedRun):
         seed_all(cfg.seed)  # model init does not depend on how much the data builders drew
         backbone = build_backbone(cfg.backbone, self.data.input_shape)
         strategy_cls = STRATEGIES.get(cfg.strategy)
-        self.strategy = strategy_cls(cfg.strategy_config, backbone, self.data.num_classes, self.data.input_shape)
+        self.strategy = global_batchnorm_(strategy_cls(cfg.strategy_config, backbone, self.data.num_classes,
+                                                       self.data.input_shape))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.cursor = StreamCursor()  # the one owner of samples_seen
         self.module = ContinualModule(

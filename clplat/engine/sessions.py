@@ -32,7 +32,7 @@ from clplat.data import build_dataset
 from clplat.data.base import collate_batch
 from clplat.engine.augment import build_augment
 from clplat.engine.checkpoint import CheckpointedRun, rng_state
-from clplat.engine.distributed import REPLICAS, ShareSampler, any_rank, trainer_args, world
+from clplat.engine.distributed import REPLICAS, ShareSampler, any_rank, global_batchnorm_, trainer_args, world
 from clplat.engine.evaluation import evaluate
 from clplat.engine.metrics import EvalRecord
 from clplat.engine.module import ContinualModule
@@ -202,8 +202,8 @@ class SessionExperiment(CheckpointedRun):
         self.session_classes = [sorted(c) for c in self.plan.new_classes(self.data.train_targets)]
         seed_all(cfg.seed)  # model init does not depend on how much the data builders drew
         backbone = build_backbone(cfg.backbone, self.data.input_shape)
-        self.strategy = STRATEGIES.get(cfg.strategy)(cfg.strategy_config, backbone, self.data.num_classes,
-                                                     self.data.input_shape)
+        self.strategy = global_batchnorm_(STRATEGIES.get(cfg.strategy)(cfg.strategy_config, backbone,
+                                                                       self.data.num_classes, self.data.input_shape))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.cursor = SessionCursor()  # the one owner of samples_seen
         self.module = SessionModule(
