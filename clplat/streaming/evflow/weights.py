@@ -8,51 +8,29 @@ one ``UserError`` line naming the file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from clplat.config import format_validation_errors
 from clplat.errors import UserError
-from clplat.io import atomic_path
 from clplat.nn import load_state_checked
+from clplat.streaming.model_file import read_model_file, save_model_file
 from clplat.streaming.models.evflow_common import EventFlowConfig, FlowUNet, build_evflow
-from clplat.streaming.sinks import write_json
 
 FORMAT = "clplat.event_flow/1"
 
 
 def save_event_flow(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> tuple[Path, Path]:
-    p = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(p) as tmp:
-        save_file(tensors, str(tmp), metadata={"clplat": json.dumps(meta, sort_keys=True)})
-    return p, write_json(p.with_suffix(".json"), meta)
+    return save_model_file(path, model, meta)
 
 
 def load_event_flow(path: str | Path) -> tuple[FlowUNet, dict[str, Any]]:
     """The network saved at ``path`` (eval mode) and its header."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"model file not found: {p}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            raw = (f.metadata() or {}).get("clplat")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises several types for a damaged file
-        raise UserError(f"cannot read model '{p}': not a valid safetensors file ({err})") from None
-    try:
-        meta = json.loads(raw) if raw is not None else None
-    except json.JSONDecodeError as err:
-        raise UserError(f"model '{p}': its clplat metadata is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise UserError(f"model '{p}' has format {found!r}, expected {FORMAT!r}")
+    tensors, meta = read_model_file(p, FORMAT, "python -m clplat.streaming.evflow train")
     try:
         cfg = EventFlowConfig.model_validate(meta.get("model"))
     except ValidationError as err:

@@ -10,7 +10,6 @@ arguments (no pickle), with a JSON beside it (config, metrics, parameters, comma
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import time
@@ -20,13 +19,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from clplat.config import load_yaml
 from clplat.data.bouncing_digits import BouncingDigits
 from clplat.errors import UserError
+from clplat.streaming.model_file import read_model_file, save_model_file
 from clplat.streaming.models.convs5_predictor import FramePredictor, count_parameters
 from clplat.streaming.prediction.config import ModelSection, PredictConfig, load_predict_config
 from clplat.streaming.prediction.metrics import evaluate_horizon
@@ -41,29 +39,15 @@ def build_predictor(section: ModelSection) -> FramePredictor:
 
 
 def save_predictor(path: Path, model: FramePredictor, meta: dict[str, Any]) -> Path:
-    """Weights (safetensors, ``meta`` in the header), written to a temporary name then renamed."""
+    """Weights (safetensors, ``meta`` in the header), written atomically, and ``meta`` beside them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp), metadata={"clplat": json.dumps(meta, sort_keys=True)})
-    tmp.replace(path)
-    return path
+    return save_model_file(path, model, meta)[0]
 
 
 def load_predictor(path: str | Path) -> tuple[FramePredictor, dict[str, Any]]:
     """Rebuild a predictor saved by ``train`` (eval mode); any damage is one UserError line."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"model file not found: {p}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            raw = (f.metadata() or {}).get("clplat")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(raw) if raw is not None else None
-    except Exception as err:  # safetensors raises several types for a damaged file
-        raise UserError(f"cannot read model '{p}': not a valid safetensors file ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"model '{p}' is not a frame predictor (expected format {FORMAT!r})")
+    tensors, meta = read_model_file(p, FORMAT, "python -m clplat.stream train")
     try:
         model = build_predictor(ModelSection.model_validate(meta.get("model")))
     except Exception as err:

@@ -10,20 +10,17 @@ line naming the file and the problem.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from clplat.config import format_validation_errors
 from clplat.errors import UserError
-from clplat.io import atomic_path
 from clplat.nn import load_state_checked
-from clplat.streaming.sinks import write_json
+from clplat.streaming.model_file import read_model_file as read_tagged
+from clplat.streaming.model_file import save_model_file
 from clplat.streaming.training.config import ARCH_TAGS, ModelSection
 from clplat.streaming.training.factory import build_model, model_kwargs
 
@@ -33,36 +30,15 @@ _MODEL = TypeAdapter(ModelSection)
 
 def save_trained(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> tuple[Path, Path]:
     """Weights to ``path`` (safetensors, ``meta`` in its header) and ``meta`` to ``path.json``."""
-    p = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(p) as tmp:
-        save_file(tensors, str(tmp), metadata={"clplat": json.dumps(meta, sort_keys=True)})
-    return p, write_json(p.with_suffix(".json"), meta)
+    return save_model_file(path, model, meta)
 
 
 def read_model_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors and the validated header of a file written by :func:`save_trained`."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"model file not found: {p}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta_raw = (f.metadata() or {}).get("clplat")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises several types for a damaged header
-        raise UserError(f"cannot read model '{p}': not a valid safetensors file ({err})") from None
-    if meta_raw is None:
-        raise UserError(f"model '{p}' has no clplat metadata (was it saved by python -m clplat.stream train?)")
-    try:
-        meta = json.loads(meta_raw)
-    except json.JSONDecodeError as err:
-        raise UserError(f"model '{p}': its clplat metadata is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise UserError(f"model '{p}' has format {found!r}, expected {FORMAT!r}")
+    tensors, meta = read_tagged(path, FORMAT, "python -m clplat.stream train")
     missing = [k for k in ("arch", "model", "num_classes", "input") if k not in meta]
     if missing:
-        raise UserError(f"model '{p}': its metadata lacks {', '.join(missing)}")
+        raise UserError(f"model '{path}': its metadata lacks {', '.join(missing)}")
     return tensors, meta
 
 
