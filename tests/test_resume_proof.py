@@ -47,6 +47,10 @@ def _kill_when(p: subprocess.Popen, ckpt: Path, newer_than: int, timeout: float 
             assert p.poll() is None and not cur["finished"], "the run ended before it could be killed"
             p.send_signal(signal.SIGKILL)
             _, err = p.communicate()
+            # the process may have written one more checkpoint between the read and the kill: the
+            # resume starts from what is on disk now
+            cur = _cursor(ckpt)
+            assert cur is not None and not cur["finished"], "the run finished before the kill landed"
             return {**cur, "stderr": err}
         assert p.poll() is None, f"the run ended before a newer checkpoint appeared: {p.communicate()[1]}"
         time.sleep(0.01)
