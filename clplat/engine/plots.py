@@ -32,12 +32,17 @@ def plot_curve(path: Path, records: list[dict[str, Any]], task_ends: list[int], 
     ax.set_xlabel("stream samples seen")
     ax.set_ylabel("accuracy on exposed classes (%)")
     ax.set_ylim(0, 100)
+    save_legended(fig, ax, path, title)
+
+
+def save_legended(fig: Any, ax: Any, path: Path, title: str) -> None:
+    """Title, grid, legend in the lower right; written to ``path`` and closed."""
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_matrix(path: Path, matrix: list[list[float | None]], title: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clplat.engine.plots import _pyplot
+from clplat.engine.plots import _pyplot, save_legended
 
 
 def params_at_session_ends(results: dict[str, Any]) -> list[int]:
@@ -60,9 +60,4 @@ def plot_acc_vs_params(path: Path, points: dict[str, list[tuple[int, float]]], t
             ax.plot(*zip(*pts), ls="none", marker="o", alpha=0.8, label=method)
     ax.set_xlabel("backbone parameters (final)")
     ax.set_ylabel("final accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_legended(fig, ax, path, title)
