@@ -176,6 +176,14 @@ class Config(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _sessions_the_strategy_trains(self) -> Config:
+        if self.regime == "sessions" and self.sessions.incremental.epochs > 0 \
+                and not self.strategy_config.trains_after_session_0():
+            raise ValueError(f"strategy '{self.strategy}' trains only in session 0 (later sessions add "
+                             "prototypes): set sessions.incremental.epochs=0")
+        return self
+
+    @model_validator(mode="after")
     def _batches_split(self) -> Config:
         """DDP splits every full batch into equal shares, one per process (only a task's or an
         epoch's short last batch may not split; it is then trained whole on every process)."""

@@ -319,6 +319,18 @@ def test_lora_finetune_trains_only_in_session_zero() -> None:
         model.training_loss(x, y, _session_ctx(6, 6, 1))
 
 
+@pytest.mark.parametrize("strategy, extra", [("lora_finetune", []), ("coact", ["coact.incremental_tuning=false"])])
+def test_training_epochs_after_session_zero_are_refused_by_the_config_check(strategy, extra) -> None:
+    """Refused when the config is read, before session 0 trains (it used to fail at session 1)."""
+    from clplat.config import load_config
+    from tests.conftest import REPO
+
+    over = [f"strategy={strategy}", "sessions.incremental.epochs=2", *extra]
+    with pytest.raises(UserError, match=f"strategy '{strategy}' trains only in session 0"):
+        load_config(REPO / DIGITS, over)
+    load_config(REPO / DIGITS, [*over[:1], "sessions.incremental.epochs=0", *extra])  # accepted
+
+
 def test_pooler_file_gives_hf_tanh_pooler_on_the_final_cls(tmp_path) -> None:
     """HF's pooler_output = tanh(W cls + b) on the CLS after the final LayerNorm (spec A.2)."""
     import numpy as np

@@ -22,6 +22,11 @@ class StrategyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def trains_after_session_0(self) -> bool:
+        """False for methods that only add prototypes after session 0: the config check then
+        refuses ``sessions.incremental.epochs > 0`` before anything runs."""
+        return True
+
 
 @dataclass
 class StreamContext:

@@ -60,6 +60,9 @@ class CoactConfig(StrategyConfig):
     use_consistency: bool = Field(True, description="MSE to the session-0 model's base-class logits")
     consistency_weight: float = Field(1.0, ge=0)
 
+    def trains_after_session_0(self) -> bool:
+        return self.incremental_tuning
+
 
 def load_pooler(path: str, dim: int) -> nn.Sequential:
     """HF ``ViTModel``'s pooler, ``tanh(Linear(dim, dim))``, from the ``pre_logits`` weights of an

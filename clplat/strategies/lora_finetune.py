@@ -27,6 +27,9 @@ class LoraFinetuneConfig(StrategyConfig):
     classifier: Literal["dot", "cosine"] = "dot"
     cosine_scale: float = Field(16.0, gt=0)
 
+    def trains_after_session_0(self) -> bool:
+        return False
+
 
 @STRATEGIES.register("lora_finetune")
 class LoraFinetune(Coact):
