@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -139,6 +140,8 @@ def run_one(table: str, method: str, seed: int) -> dict:
     done = run_dir / "results.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     if not done.is_file():
+        if run_dir.is_dir():  # a killed run's leftovers: clplat.run would pick a suffixed name
+            shutil.rmtree(run_dir)
         cfg_path = RUNS / table / "configs" / f"{method}_s{seed}.yaml"
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
         cfg_path.write_text(yaml.safe_dump(method_config(table, method, seed), sort_keys=False))
