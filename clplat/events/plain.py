@@ -8,6 +8,7 @@ import zipfile
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -18,30 +19,59 @@ TEXT_CHUNK_LINES = 200_000
 NPZ_CHUNK = 1 << 20
 
 
-def npz_chunks(path: Path) -> Iterator[Events]:
+def _npz_member(z: zipfile.ZipFile, name: str, path: Path) -> tuple[IO[bytes], np.dtype, int]:
+    """(open stream positioned at the data, dtype, length) of the 1-D array ``name`` in the npz."""
+    fh = z.open(f"{name}.npy")
+    version = np.lib.format.read_magic(fh)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(fh)
+    if len(shape) != 1 or dtype.hasobject:
+        raise UserError(f"{path}: npz array {name} must be 1-D numbers, got shape {shape} dtype {dtype}")
+    return fh, dtype, shape[0]
+
+
+def _npz_scalar(z: zipfile.ZipFile, name: str) -> int | None:
+    if f"{name}.npy" not in z.namelist():
+        return None
+    with z.open(f"{name}.npy") as fh:
+        return int(np.lib.format.read_array(fh, allow_pickle=False))
+
+
+def npz_chunks(path: Path, whole: bool = False) -> Iterator[Events]:
+    """The npz arrays streamed NPZ_CHUNK events at a time straight from the zip members (stored or
+    deflated), so ``iter_windows`` never holds a whole array (``np.load`` would: its mmap_mode does
+    not apply inside an npz); ``whole`` reads each array in one piece."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("x", "y", "t", "p") if k not in z.files]
+        with zipfile.ZipFile(path) as z:
+            missing = [k for k in ("x", "y", "t", "p") if f"{k}.npy" not in z.namelist()]
             if missing:
                 raise UserError(f"{path}: npz lacks arrays {', '.join(missing)} (needs x, y, t, p)")
-            arrays = {k: z[k] for k in ("x", "y", "t", "p")}
-            w = int(z["width"]) if "width" in z.files else None
-            h = int(z["height"]) if "height" in z.files else None
+            w, h = _npz_scalar(z, "width"), _npz_scalar(z, "height")
+            members = {k: _npz_member(z, k, path) for k in ("x", "y", "t", "p")}
+            yield from _npz_stream(path, members, w, h, whole)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise UserError(f"{path}: unreadable npz file ({err})") from None
-    t = arrays["t"]
-    if not np.issubdtype(t.dtype, np.integer):
-        raise UserError(f"{path}: npz t must be integer microseconds, got dtype {t.dtype}")
-    n = len(t)
-    if any(len(a) != n for a in arrays.values()):
+
+
+def _npz_stream(path: Path, members: dict, w: int | None, h: int | None, whole: bool) -> Iterator[Events]:
+    if not np.issubdtype(members["t"][1], np.integer):
+        raise UserError(f"{path}: npz t must be integer microseconds, got dtype {members['t'][1]}")
+    n = members["t"][2]
+    if any(m[2] != n for m in members.values()):
         raise UserError(f"{path}: npz arrays x, y, t, p have different lengths")
-    for k in ("x", "y"):
-        if n and not (0 <= int(arrays[k].min()) and int(arrays[k].max()) <= 65535):
-            raise UserError(f"{path}: npz {k} coordinates must lie in 0..65535")
-    p = (arrays["p"] > 0).astype(np.uint8)
-    for i in range(0, max(n, 1), NPZ_CHUNK):
-        sl = slice(i, i + NPZ_CHUNK)
-        yield Events(arrays["x"][sl], arrays["y"][sl], t[sl], p[sl], w, h)
+    step = max(n, 1) if whole else NPZ_CHUNK
+    for i in range(0, max(n, 1), step):
+        k = min(step, n - i)
+        arrays = {}
+        for name, (fh, dtype, _) in members.items():
+            raw = fh.read(k * dtype.itemsize)
+            if len(raw) != k * dtype.itemsize:
+                raise UserError(f"{path}: npz array {name} is truncated")
+            arrays[name] = np.frombuffer(raw, dtype=dtype)
+        for name in ("x", "y"):
+            if k and not (0 <= int(arrays[name].min()) and int(arrays[name].max()) <= 65535):
+                raise UserError(f"{path}: npz {name} coordinates must lie in 0..65535")
+        yield Events(arrays["x"], arrays["y"], arrays["t"], arrays["p"] > 0, w, h)
 
 
 def _parse_lines(lines: list[str], path: Path, first_line_no: int) -> np.ndarray:

@@ -82,7 +82,7 @@ def _chunk_source(fmt: str, whole: bool = False) -> Callable[[Path], Iterator[Ev
     if fmt == "npz":
         from clplat.events.plain import npz_chunks
 
-        return npz_chunks
+        return lambda p: npz_chunks(p, whole)
     if fmt == "text":
         from clplat.events.plain import text_chunks
 
