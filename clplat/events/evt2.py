@@ -21,7 +21,7 @@ from numba import njit
 
 from clplat.events.types import Events
 
-CHUNK_WORDS = 1 << 20
+CHUNK_WORDS = 1 << 18
 _HALF = 1 << 27  # half the TIME_HIGH range
 
 

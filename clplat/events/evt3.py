@@ -28,7 +28,7 @@ from numba import njit
 
 from clplat.events.types import Events
 
-CHUNK_WORDS = 1 << 20
+CHUNK_WORDS = 1 << 18
 # decoder state carried across chunks (int64 slots)
 _WRAPS, _RAW_HIGH, _HIGH, _LOW, _HIGH_SINCE_LOW, _Y, _BASE, _POL = range(8)
 

@@ -2,8 +2,8 @@
 words, ``evt3.py``) and ``.dat`` (8-byte records, ``dat_chunks``), each through our own numba
 decoder: expelliarmus 1.1.12 decodes EVT3 and ``.dat`` wrongly in cases real files hit (see each
 docstring), and its exact EVT2 read plus the copy into our arrays was ~2x slower than one compiled
-pass. ``read_prophesee_whole`` (expelliarmus) stays as the benchmark's library reference. All
-start with an ASCII header of ``%`` lines.
+pass (expelliarmus stays the benchmark's library reference and a test writer). All start with an
+ASCII header of ``%`` lines.
 
 The header gives the sensor size (``% geometry WxH``, ``% format EVT3;height=H;width=W`` or the
 ``.dat`` ``% Width`` / ``% Height`` lines). A body whose length is not a whole number of words is
@@ -114,10 +114,3 @@ def dat_chunks(path: Path, offset: int, w: int | None, h: int | None, whole: boo
             st[1] = int(part[0, 0])
         _decode_dat(part, st, *ev)
         yield Events(*ev, w, h)
-
-
-def read_prophesee_whole(path: Path, fmt: str) -> np.ndarray:
-    """The library's own one-shot reader (used by the throughput benchmark as the reference)."""
-    from expelliarmus import Wizard
-
-    return Wizard(encoding=fmt, fpath=path).read()
