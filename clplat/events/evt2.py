@@ -17,15 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
+from clplat.events.jit import compiled
 from clplat.events.types import Events
 
 CHUNK_WORDS = 1 << 18
 _HALF = 1 << 27  # half the TIME_HIGH range
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _count_events(words: np.ndarray) -> int:  # pragma: no cover - compiled
     n = 0
     for w in words:
@@ -34,7 +34,7 @@ def _count_events(words: np.ndarray) -> int:  # pragma: no cover - compiled
     return n
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _decode(words, st, x, y, t, p):  # pragma: no cover - compiled
     """Fill x, y, t, p from ``words``; st = [wraps, raw TIME_HIGH] is updated in place."""
     wraps, high = st[0], st[1]

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
+from clplat.events.jit import compiled
 from clplat.events.types import Events
 
 CHUNK_WORDS = 1 << 18
@@ -40,7 +40,7 @@ def new_state() -> np.ndarray:
     return st
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _count_events(words: np.ndarray) -> int:  # pragma: no cover - compiled
     n = 0
     for w in words:
@@ -55,7 +55,7 @@ def _count_events(words: np.ndarray) -> int:  # pragma: no cover - compiled
     return n
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _decode(words, st, x, y, t, p):  # pragma: no cover - compiled
     """Fill x, y, t, p (sized by _count_events) from ``words``; ``st`` is updated in place."""
     wraps, raw_high, high, low = st[_WRAPS], st[_RAW_HIGH], st[_HIGH], st[_LOW]

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from clplat.errors import UserError
+from clplat.events.jit import compiled
 from clplat.events.types import Events
 
 CHUNK_EVENTS = 1 << 18
@@ -81,7 +81,7 @@ def prophesee_chunks(path: Path, fmt: str, whole: bool = False) -> Iterator[Even
     yield from evt2_chunks(path, offset, w, h, whole)
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _decode_dat(rec, st, x, y, t, p):  # pragma: no cover - compiled
     """One pass over ``.dat`` records: u32 time unwrapped (st = [wraps, previous raw time])."""
     wraps, prev = st[0], st[1]

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from clplat.errors import UserError
+from clplat.events.jit import compiled
 
 __all__ = ["Events", "check_events", "concat_events", "empty_events"]
 
@@ -78,7 +78,7 @@ def concat_events(parts: Sequence[Events], width: int | None = None, height: int
     )
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _first_problem(t, x, y, p, has_prev, prev_t, width, height):  # pragma: no cover - compiled
     """(kind, index) of the first bad event in one pass: 1 time decrease, 2 x, 3 y, 4 polarity;
     (0, -1) when all are good. ``width`` / ``height`` < 0 mean unknown."""

@@ -101,3 +101,23 @@ def test_dat_chunk_borders_and_wrap(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got.t, ev.t)
         np.testing.assert_array_equal(got.x, ev.x)
     assert ev.t[-1] > 2**32
+
+
+def test_compiled_without_a_writable_cache(monkeypatch):
+    """numba raises at decoration when no cache directory is writable (read-only install and home):
+    the decoders must then compile per process instead of failing to import."""
+    import numba
+
+    import clplat.events.jit as jit
+
+    def njit(**kw):
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
+        return numba.njit(**kw)
+
+    monkeypatch.setattr(jit, "njit", njit)
+
+    def twice(a):
+        return a * 2
+
+    assert jit.compiled(twice)(21) == 42
