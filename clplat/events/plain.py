@@ -16,7 +16,7 @@ from clplat.errors import UserError
 from clplat.events.types import Events
 
 TEXT_CHUNK_LINES = 200_000
-NPZ_CHUNK = 1 << 20
+NPZ_CHUNK = 1 << 18
 
 
 def _npz_member(z: zipfile.ZipFile, name: str, path: Path) -> tuple[IO[bytes], np.dtype, int]:
