@@ -53,17 +53,17 @@ def test_offline_forward_equals_pytorchvideos_model(tmp_path: Path) -> None:
     tensors as .safetensors), computes pytorchvideo's forward: logits to 1e-5, and its softmax head."""
     from safetensors.torch import save_file
 
-    pv = _pv_model(clip_len=5, crop=64, classes=12)
+    pv = _pv_model(clip_len=5, crop=48, classes=12)
     state = read_state_dict(_save(pv, tmp_path / "x3d.pyth"))
     save_file({k: v.contiguous() for k, v in pv.state_dict().items()}, str(tmp_path / "x3d.safetensors"))
-    clip = torch.randn(2, 3, 5, 64, 64, generator=torch.Generator().manual_seed(1))
+    clip = torch.randn(2, 3, 5, 48, 48, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = pv(clip)
         for weights in (state, read_state_dict(tmp_path / "x3d.safetensors")):
             got = clip_model(12, weights)(clip)
             assert float((got - want).abs().max()) <= 1e-5, float((got - want).abs().max())
         assert want.abs().max() > 1.0 and want.std() > 0.1  # not a degenerate comparison
-        soft = create_x3d(input_clip_length=5, input_crop_size=64, model_num_class=12).eval()
+        soft = create_x3d(input_clip_length=5, input_crop_size=48, model_num_class=12).eval()
         soft.load_state_dict(pv.state_dict())  # pytorchvideo's default head: softmax in eval
         torch.testing.assert_close(soft(clip), got.softmax(1), atol=1e-6, rtol=1e-5)
 
@@ -79,8 +79,10 @@ def _smooth_video(path: Path, frames: int, fps: float) -> Path:
     return path
 
 
-# Measured (random weights, 64 px, x3d_s clip of 13, this test's video): max |stream - clip model|
-# = 0.5% of the clip model's largest logit, top-1 always equal. The bound leaves 2x margin.
+# Measured (random weights, 64 px, x3d_s clip of 13, this test's video, 12 windows): max |stream -
+# clip model| = 0.46% of the clip model's largest logit, top-1 always equal. The bound leaves 2x
+# margin; swapping two mapped BatchNorms (norm_a <-> norm_b) gives 42%. Top-1 alone would not see
+# that: a random X3D picks the same class for every clip.
 GAP_TOL = 0.01
 
 
