@@ -5,7 +5,7 @@ first line ``width height``; polarity 1/0 or 1/-1; ``#`` comments allowed)."""
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import IO
@@ -88,7 +88,7 @@ def _npz_stream(path: Path, members: dict, w: int | None, h: int | None, whole: 
         yield Events(arrays["x"], arrays["y"], arrays["t"], pol if pol.dtype.kind in "ub" else pol > 0, w, h)
 
 
-def _parse_lines(lines: list[str], path: Path, first_line_no: int) -> np.ndarray:
+def _parse_lines(lines: Iterable[str], path: Path, first_line_no: int) -> np.ndarray:
     try:
         data = np.loadtxt(lines, dtype=np.float64, ndmin=2, comments="#", delimiter=None)
     except ValueError as err:
@@ -98,40 +98,47 @@ def _parse_lines(lines: list[str], path: Path, first_line_no: int) -> np.ndarray
     return data.reshape(-1, 4)
 
 
-def text_chunks(path: Path) -> Iterator[Events]:
+def _text_header(fh: IO[str], path: Path) -> tuple[int | None, int | None, int]:
+    """(width, height, line number of the first event); leaves ``fh`` at the first event line."""
+    first = fh.readline()
+    fields = first.split()
+    if len(fields) != 2:
+        fh.seek(0)
+        return None, None, 1
+    try:
+        return int(fields[0]), int(fields[1]), 2
+    except ValueError:
+        msg = f"first line {first.strip()!r} is neither 'width height' nor an event"
+        raise UserError(f"{path}: {msg}") from None
+
+
+def _text_events(data: np.ndarray, path: Path, line_no: int, w: int | None, h: int | None) -> Events:
+    if (data[:, 1:3] < 0).any() or (data[:, 1:3] > 65535).any():
+        raise UserError(f"{path}: coordinate outside 0..65535 near line {line_no}")
+    t = np.rint(data[:, 0] * 1e6).astype(np.int64)
+    return Events(data[:, 1], data[:, 2], t, data[:, 3] > 0, w, h)
+
+
+def text_chunks(path: Path, whole: bool = False) -> Iterator[Events]:
+    """TEXT_CHUNK_LINES lines at a time; ``whole``: numpy's parser on the open file in one call
+    (its C reader on the file is faster than on lists of lines)."""
     try:
         fh = open(path, encoding="ascii")
     except OSError as err:
         raise UserError(f"{path}: cannot open ({err})") from None
     with fh:
-        w = h = None
-        line_no = 1
         try:
-            first = fh.readline()
-            fields = first.split()
-            lines: list[str] = []
-            if len(fields) == 2:
-                try:
-                    w, h = int(fields[0]), int(fields[1])
-                except ValueError:
-                    msg = f"first line {first.strip()!r} is neither 'width height' nor an event"
-                    raise UserError(f"{path}: {msg}") from None
-                line_no = 2
-            elif first:
-                lines = [first]
+            w, h, line_no = _text_header(fh, path)
             while True:
-                lines += list(islice(fh, TEXT_CHUNK_LINES))
-                if not lines:
+                lines = fh if whole else list(islice(fh, TEXT_CHUNK_LINES))
+                if not whole and not lines:
                     break
                 data = _parse_lines(lines, path, line_no)
+                if len(data):
+                    yield _text_events(data, path, line_no, w, h)
+                if whole:
+                    break
                 line_no += len(lines)
-                lines = []
-                if not len(data):
-                    continue
-                if (data[:, 1:3] < 0).any() or (data[:, 1:3] > 65535).any():
-                    raise UserError(f"{path}: coordinate outside 0..65535 near line {line_no}")
-                t = np.rint(data[:, 0] * 1e6).astype(np.int64)
-                yield Events(data[:, 1], data[:, 2], t, data[:, 3] > 0, w, h)
         except UnicodeDecodeError:
             raise UserError(f"{path}: not a text event file (binary content)") from None
 

@@ -86,7 +86,7 @@ def _chunk_source(fmt: str, whole: bool = False) -> Callable[[Path], Iterator[Ev
     if fmt == "text":
         from clplat.events.plain import text_chunks
 
-        return text_chunks
+        return lambda p: text_chunks(p, whole)
     raise AssertionError(fmt)
 
 

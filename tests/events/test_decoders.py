@@ -121,3 +121,24 @@ def test_compiled_without_a_writable_cache(monkeypatch):
         return a * 2
 
     assert jit.compiled(twice)(21) == 42
+
+
+def test_text_whole_and_chunked_paths_agree(tmp_path, monkeypatch):
+    """read_events parses a text file in one numpy call, iter_windows in chunks of lines: same
+    events, with no 'width height' line, comments, 1/-1 polarity and a bad line's number."""
+    import clplat.events.plain as plain
+
+    ev = random_events(500, 97, 61, seed=8, t0=1_000_000)
+    rows = [f"{t / 1e6:.6f} {x} {y} {1 if p else -1}" for t, x, y, p in zip(ev.t, ev.x, ev.y, ev.p)]
+    path = tmp_path / "a.txt"
+    path.write_text("# t x y p\n" + "\n".join(rows[:250]) + "\n# half way\n" + "\n".join(rows[250:]) + "\n")
+    monkeypatch.setattr(plain, "TEXT_CHUNK_LINES", 37)
+    for got in (read_events(path), concat_events(list(iter_windows(path, 3000)))):
+        for k in "xytp":
+            np.testing.assert_array_equal(getattr(got, k), getattr(ev, k), err_msg=k)
+        assert got.width is None
+    path.write_text("97 61\n" + "\n".join(rows[:100]) + "\n0.5 1 2\n")
+    from clplat.errors import UserError
+
+    with pytest.raises(UserError, match="bad text event line.*row 101"):
+        read_events(path)
