@@ -12,12 +12,18 @@ with its exact arguments, for the eager step and for the step as recorded for th
 stride (per-frame averages). Each distinct op (same op, shapes, strides) is then timed alone,
 pinned, 1 thread, best of N, as recorded and through cheap alternatives (GEMM: the weight in the
 other layout, MKL's packed linear as Inductor's freezing uses it, oneDNN's 1x1 conv on
-channels-last rows; grouped conv: channels-last, clplat's shifted taps; shifted taps: oneDNN's
-grouped conv). The *per-op floor* is the sum of count x the best time: the step with zero cost
-between ops, given the libraries' kernels at those shapes. Element-wise ops of the eager step
-(everything else but views) are timed the same way and reported apart (their time is mostly the
-per-call cost the compiled step removes). Same networks and BN folding as ``stream_step.py``;
-the eager and compiled steps are timed by ``stream_step.measure`` in a pinned child.
+channels-last rows; grouped conv: channels-last, clplat's shifted taps; depthwise taps: clplat's
+eager shifted multiply-adds ("recorded", also for the traced step), oneDNN's grouped conv, and
+the taps' traced form compiled by Inductor on its own, as the compiled step fuses them).
+
+The *per-op floor* is the sum of count x best time: the step with zero cost between ops, given
+the libraries' kernels at those shapes, with everything in cache (best of N). The same sum
+with the weights cold (the best kernel timed after writing ``--flush-mib`` MiB, its activations
+read back in) shows what a step pays when its weights (X3D-S: ~15 MB a frame) cannot stay in
+the caches between frames. Element-wise ops (everything else but views) are timed the same way
+and reported apart (their time is mostly the per-call cost the compiled step removes). Same
+networks and BN folding as ``stream_step.py``; the eager and compiled steps are timed by
+``stream_step.measure`` in a pinned child.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ from stream_step import _pin, measure, measure_peak, run_child  # noqa: E402
 
 import clplat.streaming.conv as stream_conv  # noqa: E402
 from clplat.kernels import tracing  # noqa: E402
-from clplat.kernels.conv_step_cpu import depthwise_taps  # noqa: E402
+from clplat.kernels.conv_step_cpu import _taps_out_of_place, depthwise_taps  # noqa: E402
 
 aten = torch.ops.aten
 GEMMS = {aten.mm.default: "mm", aten.addmm.default: "addmm", aten.bmm.default: "bmm",
@@ -153,7 +159,37 @@ def group(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def alternatives(g: dict[str, Any]) -> dict[str, Any]:
+_INDUCTOR: dict[Any, Any] = {}  # compiled depthwise taps per shape (shared by the eager and traced groups)
+
+
+def inductor_taps(x: torch.Tensor, weight: list[torch.Tensor], acc: Any, spatial: tuple) -> Any:
+    """The depthwise taps as the compiled step runs them: ``_taps_out_of_place`` (the form the
+    step is recorded in) compiled by Inductor on its own, weights as inputs; compiled on first call."""
+    w = torch.stack(list(weight))
+    x, acc = x.contiguous(), None if acc is None else acc.contiguous()  # the compiled step's buffers are dense
+    key = (x.shape, w.shape, None if acc is None else acc.shape, spatial)
+
+    def run() -> Any:
+        if key not in _INDUCTOR:
+            from torch._inductor.compile_fx import compile_fx
+            from torch.fx.experimental.proxy_tensor import make_fx
+
+            def f(x: torch.Tensor, w: torch.Tensor, *acc: torch.Tensor) -> torch.Tensor:
+                return _taps_out_of_place(x, list(w.unbind(0)), acc[0] if acc else None, spatial)
+
+            ex = [t.clone() for t in (x, w, *([] if acc is None else [acc]))]
+            with torch.inference_mode(False):
+                gm = make_fx(f)(*ex)
+                for node in gm.graph.nodes:  # as CompiledStep does: Inductor re-derives them
+                    node.meta.pop("val", None)
+                    node.meta.pop("tensor_meta", None)
+                _INDUCTOR[key] = compile_fx(gm, ex, config_patches={"cpp_wrapper": True})
+        return _INDUCTOR[key](x, w, *([] if acc is None else [acc]))
+
+    return run
+
+
+def alternatives(g: dict[str, Any], inductor: bool = True) -> dict[str, Any]:
     """Callables computing the same multiply-adds at this shape: as recorded, and cheap variants."""
     func, args, kw, kind = g["func"], g["args"], g["kwargs"], g["kind"]
     alts = {"recorded": lambda: func(*args, **kw)}
@@ -193,6 +229,8 @@ def alternatives(g: dict[str, Any]) -> dict[str, Any]:
         alts["onednn_grouped"] = lambda: F.conv2d(x_nchw, wd, None, stride, padding, dilation, c)
         alts["onednn_grouped_cl"] = lambda: F.conv2d(x_nchw.contiguous(memory_format=torch.channels_last),
                                                      wd, None, stride, padding, dilation, c)
+        if inductor:
+            alts["inductor_fused"] = inductor_taps(x, weight, acc, (kernel, stride, padding, dilation))
     return alts
 
 
@@ -208,6 +246,15 @@ def best_time(fn: Any, reps: int, budget_s: float) -> float:
         if i >= 2 and time.perf_counter() - start > budget_s:
             break
     return best
+
+
+def weight_bytes(g: dict[str, Any]) -> int:
+    """Bytes of the op's weights (what a step streams through the caches once per call)."""
+    args, kind = g["args"], g["kind"]
+    w = {"mm": 1, "addmm": 2, "linear": 1, "conv": 1}.get(kind)
+    if kind == "taps":
+        return sum(t.numel() * t.element_size() for t in args[1])
+    return 0 if w is None else args[w].numel() * args[w].element_size()
 
 
 def activations(g: dict[str, Any]) -> list[torch.Tensor]:
@@ -238,14 +285,15 @@ def best_time_weights_cold(fn: Any, acts: list[torch.Tensor], flush: torch.Tenso
     return best
 
 
-def time_groups(groups: list[dict[str, Any]], reps: int, budget_s: float, flush_mib: float = 0.0) -> None:
-    """Each group's best time per alternative (``g['times']``), the winner, and (``flush_mib`` > 0,
-    GEMMs / convs / taps only) the winner's time with its weights out of the private caches."""
-    flush = torch.zeros(int(flush_mib * 2**18)) if flush_mib > 0 else None
+def time_groups(groups: list[dict[str, Any]], reps: int, budget_s: float, flush_mib: tuple[float, ...] = (),
+                inductor: bool = False) -> None:
+    """Each group's best time per alternative (``g['times']``), the winner, and for each size in
+    ``flush_mib`` (GEMMs / convs / taps only) the winner's time after writing that many MiB."""
+    flushes = {m: torch.zeros(int(m * 2**18)) for m in flush_mib if m > 0}
     with torch.inference_mode():
         for g in groups:
             g["times"] = {}
-            alts = alternatives(g)
+            alts = alternatives(g, inductor)
             for name, fn in alts.items():
                 try:
                     g["times"][name] = best_time(fn, reps, budget_s)
@@ -255,8 +303,8 @@ def time_groups(groups: list[dict[str, Any]], reps: int, budget_s: float, flush_
             ok = {k: v for k, v in g["times"].items() if v == v} or {"failed": 0.0}
             g["best_name"], g["best_s"] = min(ok.items(), key=lambda kv: kv[1])
             g["times"].setdefault("recorded", 0.0)
-            if flush is not None and g["kind"] != "other" and g["best_name"] in alts:
-                g["cold_s"] = best_time_weights_cold(alts[g["best_name"]], activations(g), flush, reps)
+            g["cold_s"] = {m: best_time_weights_cold(alts[g["best_name"]], activations(g), f, reps)
+                           for m, f in flushes.items() if g["kind"] != "other" and g["best_name"] in alts}
 
 
 def call_overhead(reps: int) -> float:
@@ -275,11 +323,14 @@ def summarize(groups: list[dict[str, Any]], period: int) -> dict[str, Any]:
         per[f"{part}_best_ms"] += g["count"] * g["best_s"] * 1e3 / period
         per[f"{part}_recorded_ms"] += g["count"] * g["times"]["recorded"] * 1e3 / period
         per[f"{part}_calls"] += g["count"] / period
-        per[f"{part}_cold_ms"] += g["count"] * g.get("cold_s", 0.0) * 1e3 / period
+        per[f"{part}_weight_mb"] += g["count"] * weight_bytes(g) / 1e6 / period
+        for m, t in g["cold_s"].items():
+            per[f"{part}_cold{m:g}_ms"] += g["count"] * t * 1e3 / period
         per[f"{g['kind']}_macs"] += g["count"] * g["macs"] / period
     top = [{"op": g["kind"], "shapes": g["key"][1], "count_per_frame": g["count"] / period,
             "macs": g["macs"], "best": g["best_name"], "best_us": g["best_s"] * 1e6,
-            "recorded_us": g["times"]["recorded"] * 1e6, "cold_us": g.get("cold_s", 0.0) * 1e6, "gmacs": g["macs"] / g["best_s"] / 1e9,
+            "recorded_us": g["times"]["recorded"] * 1e6, "errors": g.get("errors", []),
+            "cold_us": {m: t * 1e6 for m, t in g["cold_s"].items()}, "gmacs": g["macs"] / g["best_s"] / 1e9,
             "ms_per_frame": g["count"] * g["best_s"] * 1e3 / period, "times_us":
             {k: v * 1e6 for k, v in g["times"].items()}} for g in rows]
     per["macs"] = sum(g["count"] * g["macs"] for g in heavy) / period
@@ -304,7 +355,7 @@ def analyse(name: str, args: argparse.Namespace, reps: int, budget: float) -> di
     for mode in ("eager", "traced"):
         calls, period = record(stream, frames, warm, state, traced=mode == "traced")
         groups = group(calls)
-        time_groups(groups, reps, budget, args.flush_mib)
+        time_groups(groups, reps, budget, tuple(args.flush_mib), not args.no_inductor)
         out[mode] = summarize(groups, period)
     if not args.no_steps:
         out["step_ms"] = {v: _step_ms(name, v, args) for v in ("clplat", "compiled")}
@@ -314,30 +365,33 @@ def analyse(name: str, args: argparse.Namespace, reps: int, budget: float) -> di
 def report(name: str, r: dict[str, Any], peak: float, overhead_us: float, top_n: int) -> None:
     macs = r["arithmetic"]["step_macs"]
     floor = macs / peak / 1e6
-    print(f"\n## {name}: {macs / 1e6:.1f} M multiply-adds per frame; peak-rate floor {floor:.3f} ms at {peak:.1f} GMAC/s")
+    print(f"\n## {name}: {macs / 1e6:.1f} M multiply-adds per frame; peak-rate floor {floor:.3f} ms "
+          f"at {peak:.1f} GMAC/s")
     for mode, label in (("eager", "eager step"), ("traced", "step as compiled (graph given to Inductor)")):
         s = r[mode]
+        gemm = s.get("mm_macs", 0) + s.get("addmm_macs", 0) + s.get("linear_macs", 0)
+        cold = "; ".join(f"weights cold after {k[8:-3]} MiB written: {v:.3f} ms ({v / floor:.2f}x)"
+                         for k, v in s.items() if k.startswith("ops_cold"))  # ops_cold{MiB}_ms
         print(f"{label}: {s['ops_calls']:.0f} GEMM/conv/taps calls per frame ({s['distinct_ops']} distinct), "
-              f"{s['macs'] / 1e6:.1f} M MACs recorded (mm/addmm/linear {(s.get('mm_macs', 0) + s.get('addmm_macs', 0) + s.get('linear_macs', 0)) / 1e6:.1f} M, "
-              f"conv {s.get('conv_macs', 0) / 1e6:.1f} M, shifted taps {s.get('taps_macs', 0) / 1e6:.1f} M); per-op floor "
-              f"{s['ops_best_ms']:.3f} ms best kernel ({s['ops_recorded_ms']:.3f} ms as recorded) = "
-              f"{s['ops_best_ms'] / floor:.2f}x the peak-rate floor; weights out of L2: {s['ops_cold_ms']:.3f} ms "
-              f"({s['ops_cold_ms'] / floor:.2f}x); other ops {s['other_calls']:.0f} calls, "
-              f"{s['other_best_ms']:.3f} ms ({s['other_calls'] * overhead_us / 1e3:.3f} ms of it per-call floor)")
+              f"{s['macs'] / 1e6:.1f} M MACs recorded (mm/addmm/linear {gemm / 1e6:.1f} M, conv "
+              f"{s.get('conv_macs', 0) / 1e6:.1f} M, depthwise taps {s.get('taps_macs', 0) / 1e6:.1f} M), weights "
+              f"read {s['ops_weight_mb']:.1f} MB; per-op floor {s['ops_best_ms']:.3f} ms with the best kernel "
+              f"({s['ops_recorded_ms']:.3f} ms as recorded) = {s['ops_best_ms'] / floor:.2f}x the peak-rate floor; "
+              f"{cold}; other ops {s['other_calls']:.0f} calls, {s['other_best_ms']:.3f} ms "
+              f"({s['other_calls'] * overhead_us / 1e3:.3f} ms of it per-call floor)")
     if "step_ms" in r:
         eager, comp = r["step_ms"]["clplat"], r["step_ms"]["compiled"]
-        op_floor = r["traced"]["ops_best_ms"]
         print(f"eager step {eager:.3f} ms = {eager / floor:.2f}x peak floor, {eager / r['eager']['ops_best_ms']:.2f}x "
               f"per-op floor; compiled step {comp:.3f} ms = {comp / floor:.2f}x peak floor, "
-              f"{comp / op_floor:.2f}x per-op floor (2x peak floor = {2 * floor:.3f} ms)")
+              f"{comp / r['traced']['ops_best_ms']:.2f}x per-op floor (2x peak floor = {2 * floor:.3f} ms)")
     print("| op | shapes (args) | per frame | M MACs | best | best µs | as recorded µs | GMAC/s | ms/frame "
-          "| weights-cold µs | cold GMAC/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| weights-cold µs (MiB written) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for t in r["traced"]["top"][:top_n]:
         shapes = [s[0] for s in t["shapes"] if isinstance(s, tuple) and len(s) == 2 and isinstance(s[0], tuple)]
+        cold = ", ".join(f"{v:.1f} ({m:g})" for m, v in t["cold_us"].items())
         print(f"| {t['op']} | {shapes} | {t['count_per_frame']:.2f} | {t['macs'] / 1e6:.2f} | {t['best']} | "
-              f"{t['best_us']:.1f} | {t['recorded_us']:.1f} | {t['gmacs']:.1f} | {t['ms_per_frame']:.3f} | "
-              f"{t['cold_us']:.1f} | {t['macs'] / max(t['cold_us'], 1e-9) / 1e3:.1f} |")
+              f"{t['best_us']:.1f} | {t['recorded_us']:.1f} | {t['gmacs']:.1f} | {t['ms_per_frame']:.3f} | {cold} |")
 
 
 def main() -> None:
@@ -349,8 +403,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=24, help="timed frames of the eager / compiled step")
     p.add_argument("--no-steps", action="store_true", help="skip timing the eager / compiled steps")
     p.add_argument("--quick", action="store_true", help="few repetitions (smoke)")
-    p.add_argument("--flush-mib", type=float, default=8.0,
-                   help="bytes written between the weights-cold timings (> the core's L2; 0: skip)")
+    p.add_argument("--flush-mib", type=float, nargs="*", default=[8.0, 64.0],
+                   help="MiB written before each weights-cold timing (> the core's L2 keeps the shared "
+                        "cache; > the shared cache: weights from memory); none: skip")
+    p.add_argument("--no-inductor", action="store_true",
+                   help="skip compiling each depthwise-taps shape with Inductor (a few s per shape)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args()
