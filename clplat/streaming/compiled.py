@@ -38,7 +38,8 @@ from clplat.streaming.module import State, StreamModule
 __all__ = ["CompiledStep", "compile_step"]
 
 # Inductor settings for CPU inference: weights folded into the graph (freezing lets it pre-pack
-# the GEMM weights) and a C++ wrapper instead of a Python one around the kernels.
+# the GEMM weights) and a C++ wrapper instead of a Python one around the kernels. Steps with a
+# transposed conv compile without freezing (a torch bug: ``_has_transposed_conv``).
 CPU_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 
 
@@ -293,6 +294,8 @@ class CompiledStep:
         options = self.options
         if options is None and self.backend == "inductor" and example[0].device.type == "cpu":
             options = CPU_OPTIONS
+        if options and options.get("freezing") and _has_transposed_conv(graph):
+            options = {**options, "freezing": False}
         if self.backend == "inductor":
             # Inductor straight on the recorded graph: no dynamo frame, so no guard evaluation
             # per call and no recompiles for inference tensors; the phase key and the stride
@@ -307,6 +310,19 @@ class CompiledStep:
                 node.meta.pop("tensor_meta", None)
             return compile_fx(graph, example, config_patches=dict(options or {}))
         return torch.compile(graph, backend=self.backend, options=options, dynamic=False, fullgraph=True)
+
+
+def _has_transposed_conv(graph: torch.fx.GraphModule) -> bool:
+    """Whether the recorded step has a transposed convolution: Inductor's ``freezing`` then stays off.
+
+    Why: freezing's binary folding (torch 2.14, ``torch/_inductor/fx_passes/binary_folding.py``)
+    folds a per-channel multiply after a convolution (an eval BatchNorm) into the conv's weight
+    along dim 0, which for a transposed conv is C_in, not C_out. Its broadcast check passes only
+    when C_in == C_out (evflow_lstm's first decoder block: 64 -> 64), and the compiled step is
+    then wrong (~1 px of flow); ``benchmarks/freezing_convT_bn.py`` reproduces it in plain torch.
+    """
+    conv = torch.ops.aten.convolution.default
+    return any(n.op == "call_function" and n.target is conv and bool(n.args[6]) for n in graph.graph.nodes)
 
 
 def compile_step(module: StreamModule, **kwargs: Any) -> CompiledStep:
