@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from clplat.backbones.expandable_cnn import ExpandableCNN
 from clplat.strategies.base import StreamContext
 from clplat.strategies.senn import Senn, SennConfig
+from clplat.strategies.senn_fast import LayerFit, columns, grad_columns, max_pool2
 from clplat.strategies.senn_score import damped, layer_score, patches, width_gain
 
 
@@ -197,3 +198,171 @@ def test_width_that_must_help_grows_and_a_saturated_net_does_not(thresholds) -> 
         p = st.logits(x).softmax(1)
     st.pool_y = torch.multinomial(p, 1, generator=torch.Generator().manual_seed(2))[:, 0]
     assert st._decide(ctx(torch.Generator().manual_seed(1))) == []
+
+
+# --- the fast decision arithmetic (senn_fast) against the formulas above -------------------------------
+def design(t: torch.Tensor) -> torch.Tensor:
+    """(N, D, L) per-position values -> (D, N*L), samples major (senn_fast's layout)."""
+    return t.permute(1, 0, 2).reshape(t.shape[1], -1)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_layer_fit_equals_explicit_fisher(cross: bool) -> None:
+    """LayerFit's eta, per-proposal and joint gains equal the explicit Kronecker-Fisher quadratic
+    forms (dense layer; the halves' cross product when cross-fitted)."""
+    a, f, delta, gW, gWf, A, G, L = tiny_layer(3)
+    n = a.shape[0]
+    fit = LayerFit(design(a), design(delta), n, A, G, 1e-3, 0.1, cross=cross, scale=float(L))
+    hs = (slice(0, n // 2), slice(n // 2, n)) if cross else (slice(0, n), slice(0, n))
+    grads, res = [], []
+    for h in hs:
+        M = torch.einsum("nol,ndl->od", delta[h], a[h]) / (a[h].shape[0] * L)
+        grads.append(L * M)  # the autograd gradient of the old weights on these samples
+        r = delta[h] - torch.einsum("od,ndl->nol", M @ torch.linalg.inv(damped(A, 1e-3)), a[h])
+        res.append(L * torch.einsum("nfl,nol->of", f[h], r) / (a[h].shape[0] * L))
+    assert float(fit.eta) == pytest.approx(explicit_quadratic(grads[0], grads[1], A, G, L, 1e-3, 0.1), rel=1e-9)
+    Af = torch.einsum("ndl,nfl->df", f, f) / (n * L)
+    assert float(fit.joint(design(f))) == pytest.approx(explicit_quadratic(res[0], res[1], Af, G, L, 1e-3, 0.1),
+                                                       rel=1e-9)
+    # each proposal on the first half alone, with that half's A_f: = width_gain on that half
+    two = design(torch.cat([f, f.flip(1)], 1))
+    h = hs[0]
+    first = two[:, : (h.stop - h.start) * L]
+    want = width_gain(a[h], delta[h], torch.cat([f, f.flip(1)], 1)[h], f.shape[1], A, G, 1e-3, 0.1, scale=float(L))
+    assert torch.allclose(fit.each(first, f.shape[1]), want, rtol=1e-9)
+
+
+def test_conv_layer_fit_equals_the_unfolded_dense_one() -> None:
+    """A conv layer given by its maps (weight-gradient kernel, residual by convolution) is the same
+    fit as the dense layer on its unfolded patches; columns() is F.unfold; max_pool2 is the net's pool."""
+    g = torch.Generator().manual_seed(4)
+    n, C, O, H, W = 6, 3, 4, 5, 7
+    x = torch.randn(n, C, H, W, generator=g, dtype=torch.float64)
+    d = torch.randn(n, O, H, W, generator=g, dtype=torch.float64)
+    assert torch.equal(columns(x), design(F.unfold(x, 3, padding=1)))
+    assert torch.equal(columns(x.transpose(0, 1), channel_first=True), columns(x))
+    A, G = spd(C * 9, g), spd(O, g)
+    for cross in (False, True):
+        conv = LayerFit(x, d, n, A, G, 1e-3, 0.1, cross=cross)
+        dense = LayerFit(columns(x), grad_columns(d), n, A, G, 1e-3, 0.1, cross=cross)
+        assert float(conv.eta) == pytest.approx(float(dense.eta), rel=1e-9)
+        for r1, r2 in zip(conv.residuals(), dense.residuals(), strict=True):
+            assert torch.allclose(r1, r2, rtol=1e-9, atol=1e-12)
+    pool = ExpandableCNN({"in_channels": 1, "stages": [[1], [1]]}).pool
+    for size in ((8, 8), (5, 7), (4, 3)):
+        t = torch.randn(2, 3, *size, generator=g)
+        assert torch.equal(max_pool2(t), pool(t))
+
+
+def reference_score_block(net, tracker, s, b, k, n_proposals, generator, opts):
+    """The decision arithmetic before senn_fast (per-proposal formulas on unfolded patches), kept
+    here as the reference the fast path must reproduce."""
+    from clplat.strategies.senn_score import (
+        Candidate,
+        candidate_features,
+        consumer_input,
+        depth_params,
+        halves,
+        positions,
+        width_params,
+    )
+
+    rec, out = tracker.record, []
+    A, G = tracker.consumer_factors(s, b)
+    if b + 1 < len(net.stages[s]):
+        g = rec.dz.get((s, b + 1))
+    elif s + 1 < len(net.stages):
+        g = rec.dz.get((s + 1, 0))
+    else:
+        g = rec.dproj
+    delta, y = positions(g), rec.y[(s, b)]
+    a = patches(consumer_input(net, s, b, y))
+    kw = opts.kw(a.shape[2])
+    m = max(1, a.shape[0] // 2 if opts.cross else a.shape[0])
+    eta = float(layer_score(a, delta, A, G, **kw))
+    blk, x = net.stages[s][b], rec.x_in[(s, b)]
+    cin = blk.conv.in_channels
+    V = (torch.randn((n_proposals, cin, 3, 3), generator=generator) * (2.0 / (cin * 9)) ** 0.5).to(x)
+    f = patches(consumer_input(net, s, b, candidate_features(blk, x, V)))
+    group = f.shape[1] // n_proposals
+    h1, _ = halves(f.shape[0], opts.cross)
+    each = width_gain(a[h1], delta[h1], f[h1], group, A, G, **{**kw, "cross": False})
+    best = torch.argsort(each, descending=True, stable=True)[:k]
+    rows = (best[:, None] * group + torch.arange(group)).flatten()
+    joint = float(width_gain(a, delta, f[:, rows], group * len(best), A, G, **kw)[0])
+    noise = kw["scale"] * (group * len(best) * delta.shape[1]) ** 0.5 / m
+    out.append(Candidate("width", s, b, joint, eta, width_params(net, s, b, len(best)), V[best], nu2=tracker.nu2,
+                         noise=noise))
+    Ay, Gy, dy = tracker.get(f"out_{s}_{b}_A"), tracker.get(f"out_{s}_{b}_G"), rec.dy.get((s, b))
+    py = patches(y)
+    kwy = opts.kw(py.shape[2])
+    gain = float(layer_score(py, positions(dy), Ay, Gy, **kwy))
+    out.append(Candidate("depth", s, b, gain, eta, depth_params(net, s, b), nu2=tracker.nu2,
+                         noise=kwy["scale"] * (py.shape[1] * dy.shape[1]) ** 0.5 / m))
+    return out
+
+
+def grown_strategy(dtype: torch.dtype, activation: str = "relu", **cfg) -> tuple[Senn, torch.Tensor, torch.Tensor]:
+    """Two blocks in a stage, an identity block, odd map sizes (ceil-mode pooling), trained a little."""
+    torch.manual_seed(0)
+    arch = {"in_channels": 1, "num_features": 8, "activation": activation,
+            "stages": [[3, {"width": 3, "kind": "identity"}], [4, 5], [4]]}
+    net = ExpandableCNN(arch)
+    st = Senn(SennConfig(decision_batch=64, decision_pool=64, curvature_every=1, warmup=0, cooldown=0, **cfg),
+              net, 4, (1, 9, 9)).to(dtype)
+    x = torch.randn(64, 1, 9, 9, dtype=dtype)
+    y = (F.conv2d(x, torch.randn(4, 1, 3, 3, dtype=dtype, generator=torch.Generator().manual_seed(7)), padding=1)
+         .relu().mean((2, 3)).argmax(1))
+    st.pool_x, st.pool_y = x, y
+    train(st, x, y, steps=6)
+    return st, x, y
+
+
+@pytest.mark.parametrize(("dtype", "rel", "cfg"), [
+    (torch.float64, 1e-9, {}),
+    (torch.float64, 1e-9, {"cross_fit": False, "spatial": "independent"}),
+    (torch.float64, 1e-9, {"activation": "silu"}),
+    (torch.float32, 1e-3, {}),
+])
+def test_fast_decision_equals_the_reference_formulas(dtype, rel, cfg) -> None:
+    """Every block's width and depth candidates (place, gain, eta, noise, the chosen fan-ins) from
+    the fast path equal the per-proposal formulas on the same decision batch and generator draws;
+    in float64 to 1e-9, in float32 (the experiments) to rounding."""
+    from clplat.strategies.senn_score import ScoreSettings, score_block
+
+    st, *_ = grown_strategy(dtype, cfg.pop("activation", "relu"), **cfg)
+    st._decision_pass(ctx(torch.Generator().manual_seed(3)))
+    opts = ScoreSettings(cross=st.cfg.cross_fit, spatial=st.cfg.spatial)
+    net, n_cands = st.backbone, 0
+    for s, b, _ in net.blocks():
+        fast = score_block(net, st.tracker, s, b, 2, 8, torch.Generator().manual_seed(s * 10 + b), opts)
+        ref = reference_score_block(net, st.tracker, s, b, 2, 8, torch.Generator().manual_seed(s * 10 + b), opts)
+        def key(c):
+            return c.kind, c.stage, c.block, c.params
+
+        assert [key(c) for c in fast] == [key(c) for c in ref]
+        for c, r in zip(fast, ref, strict=True):
+            assert c.gain == pytest.approx(r.gain, rel=rel, abs=1e-12)
+            assert c.eta == pytest.approx(r.eta, rel=rel, abs=1e-12)
+            assert c.noise == pytest.approx(r.noise, rel=1e-12)
+            assert (c.fan_in is None) == (r.fan_in is None) and (c.fan_in is None or torch.equal(c.fan_in, r.fan_in))
+            n_cands += 1
+    assert n_cands == 10  # 5 blocks x (width, depth): every factor was ready
+
+
+def test_decisions_of_a_fixed_case_are_unchanged() -> None:
+    """The float32 decision on the fixed case chooses what the reference arithmetic chooses."""
+    import clplat.strategies.senn as senn_mod
+
+    st, *_ = grown_strategy(torch.float32, tau_width=1e-9, abs_thresh=0.0, noise_z=0.0, events_per_decision=3)
+    fast = st._decide(ctx(torch.Generator().manual_seed(3)))
+    st, *_ = grown_strategy(torch.float32, tau_width=1e-9, abs_thresh=0.0, noise_z=0.0, events_per_decision=3)
+    orig = senn_mod.score_block
+    senn_mod.score_block = reference_score_block
+    try:
+        ref = st._decide(ctx(torch.Generator().manual_seed(3)))
+    finally:
+        senn_mod.score_block = orig
+    assert len(fast) == 3
+    assert [(c.kind, c.stage, c.block) for c in fast] == [(c.kind, c.stage, c.block) for c in ref]
+    assert all(torch.equal(c.fan_in, r.fan_in) for c, r in zip(fast, ref, strict=True) if c.fan_in is not None)

@@ -21,7 +21,8 @@ never the training batch whose statistics just updated the curvature:
   decision opportunities, at uniformly drawn places (the random-growth baseline);
 * ``fixed``: never grows (fixed-small and, with ``backbone.kwargs.arch_file``, fixed-large baselines).
 
-Then ``cooldown`` epochs without a decision; a growth that would pass ``max_params`` is skipped.
+Decisions run at epochs ``warmup``, ``warmup + decide_every``, ... of a session, then ``cooldown``
+epochs without a decision after a growth; a growth that would pass ``max_params`` is skipped.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class SennConfig(StrategyConfig):
     max_blocks_per_stage: int = Field(4, ge=1)
     max_params: int | None = Field(None, ge=1, description="parameter budget of the backbone (None: none)")
     cooldown: int = Field(10, ge=0, description="epochs without a decision after a growth")
+    decide_every: int = Field(1, ge=1, description="decisions only at epochs warmup, warmup + this, ... of a "
+                              "session (SENN considers growth every `cooldown` epochs); 1: every epoch")
     warmup: int = Field(1, ge=0, description="epochs of a session before its first decision")
     events_per_decision: int = Field(1, ge=1)
     curvature_every: int = Field(5, ge=1, description="update the running factors every this many steps")
@@ -188,7 +191,9 @@ class Senn(Strategy):
         c[1], c[2] = ctx.session, ctx.epoch
         c[3] += 1
         self._log_params(ctx)
-        if self.cfg.mode == "fixed" or ctx.epoch < self.cfg.warmup or int(c[3]) <= self.cfg.cooldown:
+        cfg = self.cfg
+        if cfg.mode == "fixed" or ctx.epoch < cfg.warmup or int(c[3]) <= cfg.cooldown \
+                or (ctx.epoch - cfg.warmup) % cfg.decide_every:
             return False
         c[4] += 1
         chosen = self._random_events(ctx) if self.cfg.mode == "random" else self._decide(ctx)
@@ -227,11 +232,11 @@ class Senn(Strategy):
         self.tracker.start("decision", x, self.cfg.decision_positions)
         self.tracker.record.__init__()
         with torch.enable_grad():
+            x = x.requires_grad_()  # differentiate to the input: every hook fires, no weight gradient is made
             logits = self.logits(x)
             logits.register_hook(self._nu2_hook)
             loss = F.cross_entropy(ctx.mask_logits(logits), y)
-            params = [p for p in self.parameters() if p.requires_grad]
-            torch.autograd.grad(loss, params, allow_unused=True)
+            torch.autograd.grad(loss, [x])
         self.tracker.mode = None
         self.backbone.load_state_dict(saved, strict=False)
 

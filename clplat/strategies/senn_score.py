@@ -29,16 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clplat.backbones.expandable_cnn import ConvBlock, ExpandableCNN
+from clplat.nn import apply_activation
+from clplat.strategies.senn_fast import LayerFit, columns, damped, max_pool2
 
 
 # --- the formula -----------------------------------------------------------------------------------
-def damped(M: Tensor, rel: float) -> Tensor:
-    """``M + rel * mean(diag M) * I`` (batched)."""
-    d = M.shape[-1]
-    lam = (rel * M.diagonal(dim1=-2, dim2=-1).mean(-1)).clamp_min(1e-30)
-    return M + lam[..., None, None] * torch.eye(d, dtype=M.dtype, device=M.device)
-
-
 def trace_score(C: Tensor, A: Tensor, G: Tensor, damping_a: float, damping_g: float,
                 C2: Tensor | None = None) -> Tensor:
     """``tr(C^T A^-1 C G^-1)`` for ``C`` (..., d, o), ``A`` (..., d, d), ``G`` (o, o), damped; with
@@ -161,8 +156,7 @@ class CurvatureTracker:
         def hook(g: Tensor) -> None:
             g = self._subset(g.detach()) * self.n_batch  # per-sample loss gradients
             if self.mode == "ema":
-                d = positions(g).transpose(0, 1).reshape(g.shape[1], -1)  # (O, N*L)
-                self.update(f"{name}_G", d @ d.T / d.shape[1] / self.nu2)
+                self.update_G(f"{name}_G", g)
             elif self.mode == "decision":
                 if kind == "proj":
                     self.record.dproj = g
@@ -201,6 +195,10 @@ class CurvatureTracker:
         out.register_hook(self._grad_hook("proj", None, "proj"))
 
     # --- factors ----------------------------------------------------------------------------------
+    def update_G(self, name: str, g: Tensor) -> None:
+        d = positions(g).transpose(0, 1).reshape(g.shape[1], -1)  # (O, N*L)
+        self.update(name, d @ d.T / d.shape[1] / self.nu2)  # E[delta delta^T] / nu^2
+
     def update_A(self, name: str, x: Tensor) -> None:
         a = patches(x).transpose(0, 1).reshape(-1, x.shape[0] * (x[0, 0].numel() if x.dim() == 4 else 1))
         self.update(name, a @ a.T / a.shape[1])  # E[a a^T] over samples and positions
@@ -322,14 +320,12 @@ def depth_params(net: ExpandableCNN, s: int, b: int) -> int:
 
 
 def consumer_gradient(net: ExpandableCNN, rec: DecisionRecord, s: int, b: int) -> Tensor | None:
-    """Per-sample output gradients of the layer reading block (s, b)'s output, (N, O, L)."""
+    """Per-sample output gradients of the layer reading block (s, b)'s output, (N, O, H, W) or (N, O)."""
     if b + 1 < len(net.stages[s]):
-        g = rec.dz.get((s, b + 1))
-    elif s + 1 < len(net.stages):
-        g = rec.dz.get((s + 1, 0))
-    else:
-        g = rec.dproj
-    return None if g is None else positions(g)
+        return rec.dz.get((s, b + 1))
+    if s + 1 < len(net.stages):
+        return rec.dz.get((s + 1, 0))
+    return rec.dproj
 
 
 @dataclass(frozen=True)
@@ -344,40 +340,75 @@ class ScoreSettings:
                 "scale": float(positions_) if self.spatial == "independent" else 1.0}
 
 
+def candidate_maps(net: ExpandableCNN, s: int, b: int, x: Tensor, V: Tensor) -> Tensor:
+    """``candidate_features`` of fan-ins ``V`` (P, Cin, 3, 3) for block input ``x`` (n, Cin, H, W),
+    as the consumer reads them, channel-first: (P, n, h, w), or (P, n) for the projection (the
+    same values up to rounding; channel-first, the P maps are never transposed)."""
+    blk, (n, _, h, w), P = net.stages[s][b], x.shape, V.shape[0]
+    z = (V.reshape(P, -1) @ columns(x)).view(P, n, h, w)
+    if blk.kind == "base":  # new BatchNorm channels normalise with the batch (gamma 1, beta 0)
+        z = F.batch_norm(z.view(1, P, -1), None, None, training=True, eps=blk.bn.eps).view(P, n, h, w)
+        z = apply_activation(z, net.activation, inplace=True)
+    else:
+        z = F.leaky_relu(z, 0.25, inplace=True)  # = PReLU with slope 0.25
+    if b + 1 == len(net.stages[s]):  # as net.stage_output
+        z = max_pool2(z) if s + 1 < len(net.stages) else z.mean((2, 3))
+    return z
+
+
+def consumer_fit(net: ExpandableCNN, rec: DecisionRecord, s: int, b: int, A: Tensor, G: Tensor,
+                 opts: ScoreSettings) -> LayerFit | None:
+    """The layer reading block (s, b)'s output on the decision batch (None where its recorded
+    shapes do not match its factors, e.g. a factor not refilled since a growth)."""
+    y, delta = rec.y[(s, b)], consumer_gradient(net, rec, s, b)
+    if delta is None:
+        return None
+    if b + 1 < len(net.stages[s]):
+        a = y
+    elif s + 1 < len(net.stages):  # the next stage's conv input, recorded (= net.pool(y))
+        a = rec.x_in.get((s + 1, 0))
+        a = net.stage_output(s, y) if a is None else a
+    else:  # the projection, a dense layer: design matrices
+        a, delta = y.mean((2, 3)).T, delta.T
+        return LayerFit(a, delta, y.shape[0], A, G, **opts.kw(1)) if a.shape[0] == A.shape[0] and \
+            delta.shape[0] == G.shape[0] else None
+    if a.shape[1] * 9 != A.shape[0] or delta.shape[1] != G.shape[0]:
+        return None
+    n, L = y.shape[0], a.shape[2] * a.shape[3]
+    return LayerFit(a, delta, n, A, G, **opts.kw(L))
+
+
 def score_block(net: ExpandableCNN, tracker: CurvatureTracker, s: int, b: int, k: int, n_proposals: int,
                 generator: torch.Generator, opts: ScoreSettings) -> list[Candidate]:
     """Width (``k`` channels: the best of ``n_proposals`` random fan-ins on the first half of the
     batch, scored jointly) and depth (identity block after it) candidates at block (s, b); none
-    where a factor is not ready."""
+    where a factor is not ready. The arithmetic is ``senn_fast``'s (equal, up to rounding, to the
+    ``layer_score`` / ``width_gain`` formulas on the same data: tests/test_senn_score.py)."""
     rec, out = tracker.record, []
     A, G = tracker.consumer_factors(s, b)
-    delta, y = consumer_gradient(net, rec, s, b), rec.y.get((s, b))
-    if A is None or G is None or delta is None or y is None:
+    y, x = rec.y.get((s, b)), rec.x_in.get((s, b))
+    if A is None or G is None or y is None or x is None:
         return out
-    a = patches(consumer_input(net, s, b, y))
-    if a.shape[1] != A.shape[0] or delta.shape[1] != G.shape[0]:
+    fit = consumer_fit(net, rec, s, b, A, G, opts)
+    if fit is None:
         return out
-    kw = opts.kw(a.shape[2])
-    m = max(1, a.shape[0] // 2 if opts.cross else a.shape[0])
-    eta = float(layer_score(a, delta, A, G, **kw))
-    blk, x = net.stages[s][b], rec.x_in[(s, b)]
-    cin = blk.conv.in_channels
+    n, cin = y.shape[0], net.stages[s][b].conv.in_channels
+    m = max(1, n // 2 if opts.cross else n)
     V = (torch.randn((n_proposals, cin, 3, 3), generator=generator) * (2.0 / (cin * 9)) ** 0.5).to(x)
-    f = patches(consumer_input(net, s, b, candidate_features(blk, x, V)))
-    group = f.shape[1] // n_proposals
-    h1, _ = halves(f.shape[0], opts.cross)
-    each = width_gain(a[h1], delta[h1], f[h1], group, A, G, **{**kw, "cross": False})
-    best = torch.argsort(each, descending=True, stable=True)[:k]
-    rows = (best[:, None] * group + torch.arange(group, device=best.device)).flatten().to(f.device)
-    joint = float(width_gain(a, delta, f[:, rows], group * len(best), A, G, **kw)[0])
-    noise = kw["scale"] * (group * len(best) * delta.shape[1]) ** 0.5 / m
-    out.append(Candidate("width", s, b, joint, eta, width_params(net, s, b, len(best)), V[best.to(V.device)],
-                         nu2=tracker.nu2, noise=noise))
+    z = candidate_maps(net, s, b, x, V)
+    f1 = columns(z[:, : fit.halves[0].stop], channel_first=True)  # all proposals, first half
+    group = f1.shape[0] // n_proposals
+    best = torch.argsort(fit.each(f1, group), descending=True, stable=True)[:k]
+    joint = float(fit.joint(columns(z[best.to(z.device)], channel_first=True)))
+    o = fit.d.shape[1] if fit.conv else fit.d.shape[0]
+    noise = fit.scale * (group * len(best) * o) ** 0.5 / m
+    out.append(Candidate("width", s, b, joint, float(fit.eta), width_params(net, s, b, len(best)),
+                         V[best.to(V.device)], nu2=tracker.nu2, noise=noise))
     Ay, Gy, dy = tracker.get(f"out_{s}_{b}_A"), tracker.get(f"out_{s}_{b}_G"), rec.dy.get((s, b))
     if Ay is not None and Gy is not None and dy is not None:
-        py = patches(y)
-        kwy = opts.kw(py.shape[2])
-        gain = float(layer_score(py, positions(dy), Ay, Gy, **kwy))
-        noise = kwy["scale"] * (py.shape[1] * dy.shape[1]) ** 0.5 / m
-        out.append(Candidate("depth", s, b, gain, eta, depth_params(net, s, b), nu2=tracker.nu2, noise=noise))
+        kwy = opts.kw(y.shape[2] * y.shape[3])
+        gain = float(LayerFit(y, dy, n, Ay, Gy, **kwy).eta)  # an identity conv's gradient on y
+        noise = kwy["scale"] * (y.shape[1] * 9 * dy.shape[1]) ** 0.5 / m
+        out.append(Candidate("depth", s, b, gain, float(fit.eta), depth_params(net, s, b), nu2=tracker.nu2,
+                             noise=noise))
     return out
