@@ -142,3 +142,7 @@ def test_text_whole_and_chunked_paths_agree(tmp_path, monkeypatch):
 
     with pytest.raises(UserError, match="bad text event line.*row 101"):
         read_events(path)
+    path.write_bytes(b"97 61\n0.1 1 2 1\n\xff\xfe 1 2 3\n")
+    for read in (read_events, lambda q: list(iter_windows(q, 1000))):
+        with pytest.raises(UserError, match="binary content"):
+            read(path)
