@@ -20,10 +20,12 @@ The *per-op floor* is the sum of count x best time: the step with zero cost betw
 the libraries' kernels at those shapes, with everything in cache (best of N). The same sum
 with the weights cold (the best kernel timed after writing ``--flush-mib`` MiB, its activations
 read back in) shows what a step pays when its weights (X3D-S: ~15 MB a frame) cannot stay in
-the caches between frames. Element-wise ops (everything else but views) are timed the same way
-and reported apart (their time is mostly the per-call cost the compiled step removes). Same
-networks and BN folding as ``stream_step.py``; the eager and compiled steps are timed by
-``stream_step.measure`` in a pinned child.
+the caches between frames; the same calls run back to back in the step's order add the real
+sequence's cache traffic. The per-op floor can be *below* the peak-rate floor: oneDNN's 3x3 convs
+use fast algorithms (Winograd-class: fewer multiplies than counted). Element-wise ops
+(everything else but views) are timed the same way and reported apart (their time is mostly the
+per-call cost the compiled step removes). Same networks and BN folding as ``stream_step.py``;
+the eager and compiled steps are timed by ``stream_step.measure`` in a pinned child.
 """
 from __future__ import annotations
 
