@@ -366,3 +366,20 @@ def test_decisions_of_a_fixed_case_are_unchanged() -> None:
     assert len(fast) == 3
     assert [(c.kind, c.stage, c.block) for c in fast] == [(c.kind, c.stage, c.block) for c in ref]
     assert all(torch.equal(c.fan_in, r.fan_in) for c, r in zip(fast, ref, strict=True) if c.fan_in is not None)
+
+
+@pytest.mark.parametrize(("every", "want"), [(1, list(range(10))), (3, [0, 3, 6, 9])])
+def test_decide_every_spaces_the_decision_opportunities(every: int, want: list[int]) -> None:
+    """senn.decide_every: opportunities at epochs warmup, warmup + every, ... (1: every epoch; here
+    warmup and cooldown 0)."""
+    st, *_ = strategy(1, n=8, mode="random", decide_every=every)
+    seen = []
+    for epoch in range(10):
+        c = StreamContext(n_exposed=4, exposed_classes=list(range(4)), label_index=torch.arange(4),
+                          generator=torch.Generator(), epoch=epoch)
+        before = int(st.counters[4])
+        for _ in range(3):  # updates within the epoch: only the first can decide
+            st.after_update(torch.optim.SGD(st.parameters(), lr=0.1), c)
+        if int(st.counters[4]) > before:
+            seen.append(epoch)
+    assert seen == want

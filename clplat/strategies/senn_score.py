@@ -200,7 +200,7 @@ class CurvatureTracker:
         self.update(name, d @ d.T / d.shape[1] / self.nu2)  # E[delta delta^T] / nu^2
 
     def update_A(self, name: str, x: Tensor) -> None:
-        a = patches(x).transpose(0, 1).reshape(-1, x.shape[0] * (x[0, 0].numel() if x.dim() == 4 else 1))
+        a = columns(x)  # (C*9, N*L): what F.unfold + a transpose gave, in one copy (same layout)
         self.update(name, a @ a.T / a.shape[1])  # E[a a^T] over samples and positions
 
     def update(self, name: str, value: Tensor) -> None:
