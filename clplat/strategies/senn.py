@@ -232,11 +232,14 @@ class Senn(Strategy):
         self.tracker.start("decision", x, self.cfg.decision_positions)
         self.tracker.record.__init__()
         with torch.enable_grad():
-            x = x.requires_grad_()  # differentiate to the input: every hook fires, no weight gradient is made
             logits = self.logits(x)
             logits.register_hook(self._nu2_hook)
             loss = F.cross_entropy(ctx.mask_logits(logits), y)
-            torch.autograd.grad(loss, [x])
+            # differentiate down to the first block's output (the earliest gradient a decision
+            # reads; its hook fires): no weight gradient and no first-conv backward is computed
+            first = self.tracker.record.first
+            torch.autograd.grad(loss, [first] if first is not None else
+                                [p for p in self.parameters() if p.requires_grad], allow_unused=True)
         self.tracker.mode = None
         self.backbone.load_state_dict(saved, strict=False)
 

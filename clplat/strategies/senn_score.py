@@ -112,6 +112,7 @@ class DecisionRecord:
     dz: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     dproj: Tensor | None = None
     nu2: float = 0.0
+    first: Tensor | None = None  # the first block's output, in the graph: the backward stops there
 
 
 class CurvatureTracker:
@@ -184,6 +185,8 @@ class CurvatureTracker:
                 self.update_A(f"out_{s}_{b}_A", self._subset(out.detach()))
             else:
                 self.record.y[(s, b)] = self._subset(out.detach())
+                if (s, b) == (0, 0):
+                    self.record.first = out
             out.register_hook(self._grad_hook(f"out_{s}_{b}", (s, b), "dy"))
         return hook
 
