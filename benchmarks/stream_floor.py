@@ -227,22 +227,24 @@ def alternatives(g: dict[str, Any], inductor: bool = True) -> dict[str, Any]:
     elif kind == "taps":
         x, weight, acc, kernel, stride, padding, dilation = args
         k, c = weight[0].shape
-        x_nchw = x.permute(0, 3, 1, 2).contiguous()
+        x_nchw, x_cl = x.permute(0, 3, 1, 2).contiguous(), x.contiguous().permute(0, 3, 1, 2)
         wd = torch.randn(c * k, 1, *kernel)
         alts["onednn_grouped"] = lambda: F.conv2d(x_nchw, wd, None, stride, padding, dilation, c)
-        alts["onednn_grouped_cl"] = lambda: F.conv2d(x_nchw.contiguous(memory_format=torch.channels_last),
-                                                     wd, None, stride, padding, dilation, c)
+        alts["onednn_grouped_cl"] = lambda: F.conv2d(x_cl, wd, None, stride, padding, dilation, c)
         if inductor:
             alts["inductor_fused"] = inductor_taps(x, weight, acc, (kernel, stride, padding, dilation))
     return alts
 
 
-def best_time(fn: Any, reps: int, budget_s: float) -> float:
-    """Best wall time of ``reps`` calls (fewer, at least 3, once ``budget_s`` is spent)."""
+def best_time(fn: Any, reps: int, budget_s: float, before: Any = None) -> float:
+    """Best wall time of ``reps`` calls (fewer, at least 3, once ``budget_s`` is spent), each
+    after ``before()`` (untimed) if given."""
     fn()
     fn()
     best, start = float("inf"), time.perf_counter()
     for i in range(reps):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
@@ -273,19 +275,9 @@ def activations(g: dict[str, Any]) -> list[torch.Tensor]:
 
 
 def best_time_weights_cold(fn: Any, acts: list[torch.Tensor], flush: torch.Tensor, reps: int) -> float:
-    """Best time with the private caches flushed (``flush`` written) and only the activations
-    read back in: the weights come from the shared cache or memory, as in a step whose weights
-    (X3D-S: ~15 MB) do not fit the core's L2."""
-    fn()
-    best = float("inf")
-    for _ in range(max(3, reps // 3)):
-        flush.add_(1.0)
-        for a in acts:
-            a.sum()
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best time after writing ``flush`` and reading the activations back in: the weights come
+    from the shared cache or memory, as in a step whose weights (X3D-S: ~15 MB) exceed the L2."""
+    return best_time(fn, max(3, reps // 3), 1.0, lambda: (flush.add_(1.0), [a.sum() for a in acts]))
 
 
 def time_groups(groups: list[dict[str, Any]], reps: int, budget_s: float, flush_mib: tuple[float, ...] = (),
