@@ -217,6 +217,14 @@ def alternatives(g: dict[str, Any], inductor: bool = True) -> dict[str, Any]:
         x, w, bias, stride, padding, dilation, _, _, groups = args
         x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
         alts["onednn_cl"] = lambda: F.conv2d(x_cl, w_cl, bias, stride, padding, dilation, groups)
+        if torch.backends.mkldnn.is_available():  # the weight pre-packed, as Inductor's freezing does
+            geo = [list(padding), list(stride), list(dilation)]
+            try:
+                wp = torch._C._nn.mkldnn_reorder_conv2d_weight(w.to_mkldnn(), *geo, groups, list(x.shape))
+                alts["onednn_packed"] = lambda: torch.ops.mkldnn._convolution_pointwise(
+                    x_cl, wp, bias, *geo, groups, "none", [], "")
+            except RuntimeError:  # a conv oneDNN does not pre-pack: the other alternatives stand
+                pass
         c = x.shape[1]
         if groups == c > 1 and w.shape[0] % c == 0 and w.shape[1] == 1:  # depthwise taps: clplat's shifts
             k = w.shape[0] // c
@@ -380,14 +388,14 @@ def report(name: str, r: dict[str, Any], peak: float, overhead_us: float, top_n:
     for mode, label in (("eager", "eager step"), ("traced", "step as compiled (graph given to Inductor)")):
         s = r[mode]
         gemm = s.get("mm_macs", 0) + s.get("addmm_macs", 0) + s.get("linear_macs", 0)
-        cold = "; ".join(f"weights cold after {k[8:-3]} MiB written: {v:.3f} ms ({v / floor:.2f}x)"
-                         for k, v in s.items() if k.startswith("ops_cold"))  # ops_cold{MiB}_ms
+        cold = "".join(f"weights cold after {k[8:-3]} MiB written: {v:.3f} ms ({v / floor:.2f}x); "
+                       for k, v in s.items() if k.startswith("ops_cold"))  # ops_cold{MiB}_ms
         print(f"{label}: {s['ops_calls']:.0f} GEMM/conv/taps calls per frame ({s['distinct_ops']} distinct), "
               f"{s['macs'] / 1e6:.1f} M MACs recorded (mm/addmm/linear {gemm / 1e6:.1f} M, conv "
               f"{s.get('conv_macs', 0) / 1e6:.1f} M, depthwise taps {s.get('taps_macs', 0) / 1e6:.1f} M), weights "
               f"read {s['ops_weight_mb']:.1f} MB; per-op floor {s['ops_best_ms']:.3f} ms with the best kernel "
               f"({s['ops_recorded_ms']:.3f} ms as recorded) = {s['ops_best_ms'] / floor:.2f}x the peak-rate floor; "
-              f"{cold}; all of them back to back in the step's order {s['sequence_ms']:.3f} ms "
+              f"{cold}all of them back to back in the step's order {s['sequence_ms']:.3f} ms "
               f"({s['sequence_ms'] / floor:.2f}x); other ops {s['other_calls']:.0f} calls, {s['other_best_ms']:.3f} ms "
               f"({s['other_calls'] * overhead_us / 1e3:.3f} ms of it per-call floor)")
     if "step_ms" in r:
