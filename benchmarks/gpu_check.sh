@@ -8,6 +8,7 @@
 #    only where CUDA is), then the streaming demo headless on the device (python -m clplat.stream:
 #    eager, --cuda-graph (fp32 and --bf16), 8 streams batched, the ConvS5 predictor;
 #    GPU_CHECK_SKIP_DEMO=1 skips it),
+#    then benchmarks/convs5.py on the device (issue 13; GPU_CHECK_SKIP_CONVS5=1 skips it),
 #    2.-4. benchmarks/gpu_bench.py: equivalence on CUDA, batch-1 latency and
 #    multi-stream throughput for X3D-S and r2plus1d_18 vs sliding-window recompute and
 #    continual-inference 1.2.4. Wheels in ./.whl (e.g. continual-inference) are installed first
@@ -58,6 +59,17 @@ if [[ -z "${GPU_CHECK_SKIP_DEMO:-}" ]]; then
     rc=${PIPESTATUS[0]}
     [[ $rc -ne 0 && $status -eq 0 ]] && status=$rc
   done
+fi
+
+if [[ -z "${GPU_CHECK_SKIP_CONVS5:-}" ]]; then
+  # issue 13: ConvS5 vs ConvLSTM training step at matched parameters on the device (target >= 3x at T >= 64)
+  dev=cuda; [[ " $* " == *" --device cpu "* ]] && dev=cpu
+  lengths=(16 64 256); [[ " $* " == *" --tiny "* ]] && lengths=(4 8)
+  echo "## convs5 training step on $dev"
+  timeout 120 "$PY" benchmarks/convs5.py --device "$dev" --lengths "${lengths[@]}" --channels 32 --grid 16 \
+    --layers 2 --batch 2 --rounds 3 --scan both --json "$OUT/convs5.json" 2>&1 | tee "$OUT/convs5.txt"
+  rc=${PIPESTATUS[0]}
+  [[ $rc -ne 0 && $status -eq 0 ]] && status=$rc
 fi
 
 echo "## gpu_bench"
