@@ -24,25 +24,21 @@ from typing import Any
 from torch import Tensor
 
 from clplat.errors import UserError
-from clplat.streaming.apps import STREAM_APPS, ModelRef, StreamApp, StreamTrack
-from clplat.streaming.apps.torchvision_video import KineticsTrack, read_state_dict
+from clplat.streaming.apps import STREAM_APPS, ModelRef
+from clplat.streaming.apps.torchvision_video import KineticsApp, read_state_dict
 
 __all__ = ["PytorchvideoX3DApp"]
 
 
 @STREAM_APPS.register("pytorchvideo")
-class PytorchvideoX3DApp(StreamApp):
+class PytorchvideoX3DApp(KineticsApp):
     """``pytorchvideo:x3d_xs|x3d_s|x3d_m`` with ``--weights PATH``: a Kinetics X3D, streamed."""
 
     schemes = ("pytorchvideo",)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--weights", help="local pytorchvideo X3D checkpoint (.pyth/.pth with model_state, "
-                                              "a state dict, or .safetensors); nothing is downloaded")
-        parser.add_argument("--clip-len", type=int, default=None,
-                            help="frames the squeeze-excite and the prediction average (default: the "
-                                 "size's clip length: 4 / 13 / 16)")
+    weights_help = ("local pytorchvideo X3D checkpoint (.pyth/.pth with model_state, a state dict, or "
+                    ".safetensors); nothing is downloaded")
+    clip_len_help = ("frames the squeeze-excite and the prediction average (default: the size's clip "
+                     "length: 4 / 13 / 16)")
 
     def __init__(self, ref: ModelRef, args: argparse.Namespace) -> None:
         from clplat.streaming import convert
@@ -55,11 +51,7 @@ class PytorchvideoX3DApp(StreamApp):
         if name not in X3D_PRESETS:
             raise UserError(f"unknown pytorchvideo model '{name}' (supported: {', '.join(X3D_PRESETS)}; x3d_l is "
                             "not: pytorchvideo's hub publishes no evaluation recipe for it)")
-        if not args.weights:
-            raise UserError(f"pytorchvideo:{name} needs --weights PATH (a local Kinetics-400 checkpoint; "
-                            "nothing is downloaded)")
-        if args.clip_len is not None and args.clip_len < 1:
-            raise UserError("--clip-len must be >= 1")
+        self.check_weights_args(f"pytorchvideo:{name}", args, "checkpoint")
         self.name, self.preset = name, X3D_PRESETS[name]
         self.path = Path(args.weights)
         state = read_state_dict(self.path)
@@ -84,19 +76,6 @@ class PytorchvideoX3DApp(StreamApp):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": str(self.path), "arch": f"pytorchvideo:{self.name}",
                 "clip_len": self.clip_len, "exact": False}
-
-    def open_source(self, spec: str, seed: int) -> Any:
-        """The source, thinned to the model's frame rate (30 / sampling rate) when faster."""
-        from clplat.streaming.sources import EveryNth, open_source
-
-        source = open_source(spec, seed=seed)
-        n = max(1, round(source.fps / self.preset.frame_rate))
-        return EveryNth(source, n) if n > 1 else source
-
-    def track(self, source: Any) -> StreamTrack:
-        if source.class_names != self.class_names:
-            source.has_labels = False  # moving digits are not Kinetics classes
-        return KineticsTrack(self, source)
 
     def lines(self, stream_summary: dict[str, Any]) -> list[str]:
         return [f"prediction = fc(mean of the last {self.clip_len} frames' features), SE over the last "

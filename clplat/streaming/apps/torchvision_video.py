@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ from clplat.errors import UserError
 from clplat.streaming.apps import STREAM_APPS, ModelRef, StreamApp, StreamTrack
 from clplat.streaming.apps.classify import ClassifierTrack
 
-__all__ = ["TorchvisionVideoApp", "read_state_dict"]
+__all__ = ["KineticsApp", "TorchvisionVideoApp", "read_state_dict"]
 
 _WRAPPERS = ("state_dict", "model", "model_state", "model_state_dict")
 
@@ -69,19 +69,47 @@ class KineticsTrack(ClassifierTrack):
         return annotate(frame.image, [self.pred_text, self.step_text, f"lags {self.app.delay_frames} frames"])
 
 
-@STREAM_APPS.register("torchvision")
-class TorchvisionVideoApp(StreamApp):
-    """``torchvision:NAME`` with ``--weights PATH``: a torchvision Kinetics video ResNet, streamed."""
+class KineticsApp(StreamApp):
+    """What the Kinetics-400 classifiers from a user's weights file share: ``--weights`` and
+    ``--clip-len``, a source thinned to the model's frame rate (``self.preset.frame_rate``), and
+    the Kinetics track (labels only when the source's classes are Kinetics')."""
 
-    schemes = ("torchvision",)
+    weights_help: ClassVar[str] = ""
+    clip_len_help: ClassVar[str] = ""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--weights", help="local weights of the torchvision model (.pth state dict or "
-                                              ".safetensors); nothing is downloaded")
-        parser.add_argument("--clip-len", type=int, default=None,
-                            help="frames one prediction averages (default: the clip length of the model's "
-                                 "Kinetics evaluation, 16)")
+        parser.add_argument("--weights", help=cls.weights_help)
+        parser.add_argument("--clip-len", type=int, default=None, help=cls.clip_len_help)
+
+    @staticmethod
+    def check_weights_args(label: str, args: argparse.Namespace, what: str) -> None:
+        if not args.weights:
+            raise UserError(f"{label} needs --weights PATH (a local Kinetics-400 {what}; nothing is downloaded)")
+        if args.clip_len is not None and args.clip_len < 1:
+            raise UserError("--clip-len must be >= 1")
+
+    def open_source(self, spec: str, seed: int) -> Any:
+        """The source, thinned to the model's frame rate when it is much faster."""
+        from clplat.streaming.sources import EveryNth, open_source
+
+        source = open_source(spec, seed=seed)
+        n = max(1, round(source.fps / self.preset.frame_rate))
+        return EveryNth(source, n) if n > 1 else source
+
+    def track(self, source: Any) -> StreamTrack:
+        if source.class_names != self.class_names:
+            source.has_labels = False  # moving digits are not Kinetics classes
+        return KineticsTrack(self, source)
+
+
+@STREAM_APPS.register("torchvision")
+class TorchvisionVideoApp(KineticsApp):
+    """``torchvision:NAME`` with ``--weights PATH``: a torchvision Kinetics video ResNet, streamed."""
+
+    schemes = ("torchvision",)
+    weights_help = "local weights of the torchvision model (.pth state dict or .safetensors); nothing is downloaded"
+    clip_len_help = "frames one prediction averages (default: the clip length of the model's Kinetics evaluation, 16)"
 
     def __init__(self, ref: ModelRef, args: argparse.Namespace) -> None:
         from clplat.nn import load_state_checked
@@ -103,11 +131,7 @@ class TorchvisionVideoApp(StreamApp):
         if name in NOT_STREAMABLE:
             raise UserError(f"torchvision:{name} cannot be streamed exactly: {NOT_STREAMABLE[name]} "
                             "(streamable: r3d_18, mc3_18, r2plus1d_18)")
-        if not args.weights:
-            raise UserError(f"torchvision:{name} needs --weights PATH (a local Kinetics-400 state dict; "
-                            "nothing is downloaded)")
-        if args.clip_len is not None and args.clip_len < 1:
-            raise UserError("--clip-len must be >= 1")
+        self.check_weights_args(f"torchvision:{name}", args, "state dict")
         preset = kinetics_preset(name)
         self.path = Path(args.weights)
         state = read_state_dict(self.path)
@@ -135,19 +159,6 @@ class TorchvisionVideoApp(StreamApp):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": str(self.path), "arch": f"torchvision:{self.name}",
                 "window_positions": self.window, "temporal_stride": int(self.stream.temporal_stride)}  # type: ignore[union-attr]
-
-    def open_source(self, spec: str, seed: int) -> Any:
-        """The source, thinned to the model's frame rate when it is much faster."""
-        from clplat.streaming.sources import EveryNth, open_source
-
-        source = open_source(spec, seed=seed)
-        n = max(1, round(source.fps / self.preset.frame_rate))
-        return EveryNth(source, n) if n > 1 else source
-
-    def track(self, source: Any) -> StreamTrack:
-        if source.class_names != self.class_names:
-            source.has_labels = False  # moving digits are not Kinetics classes
-        return KineticsTrack(self, source)
 
     def lines(self, stream_summary: dict[str, Any]) -> list[str]:
         return [f"prediction = fc(mean of the last {self.window} output positions = {self.clip_len} frames), "
