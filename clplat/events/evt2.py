@@ -20,6 +20,7 @@ import numpy as np
 
 from clplat.events.jit import compiled
 from clplat.events.types import Events
+from clplat.events.words import decode_chunk, word_chunks
 
 CHUNK_WORDS = 1 << 18
 _HALF = 1 << 27  # half the TIME_HIGH range
@@ -59,23 +60,12 @@ def _decode(words, st, x, y, t, p):  # pragma: no cover - compiled
 
 def decode_words(words: np.ndarray, st: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x, y, t, p) of one chunk of uint32 words; ``st`` (int64 [wraps, high]) carries on."""
-    words = np.ascontiguousarray(words, dtype=np.uint32)
-    n = _count_events(words)
-    x, y = np.empty(n, np.uint16), np.empty(n, np.uint16)
-    t, p = np.empty(n, np.int64), np.empty(n, np.uint8)
-    _decode(words, st, x, y, t, p)
-    return x, y, t, p
+    return decode_chunk(_count_events, _decode, np.ascontiguousarray(words, dtype=np.uint32), st)
 
 
 def evt2_chunks(
     path: Path, offset: int, width: int | None, height: int | None, whole: bool = False
 ) -> Iterator[Events]:
     """Events of the body at ``offset``, CHUNK_WORDS words at a time (``whole``: in one piece)."""
-    st = np.zeros(2, dtype=np.int64)
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        while True:
-            words = np.fromfile(fh, dtype="<u4", count=-1 if whole else CHUNK_WORDS)
-            if not len(words):
-                break
-            yield Events(*decode_words(words, st), width, height)
+    chunk = -1 if whole else CHUNK_WORDS
+    return word_chunks(path, offset, "<u4", chunk, np.zeros(2, dtype=np.int64), decode_words, width, height)
