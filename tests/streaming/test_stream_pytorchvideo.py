@@ -162,3 +162,12 @@ def test_bad_weights_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip()
     assert "unknown pytorchvideo model 'x3d_l'" in err and "no evaluation recipe" in err and "\n" not in err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_clip_wide_squeeze_excite_is_refused_by_conversion() -> None:
+    """The offline model (SE over the whole clip) must not be streamed silently as if exact."""
+    from clplat.streaming import convert
+    from clplat.streaming.models.pytorchvideo_x3d import build_x3d
+
+    with pytest.raises(NotImplementedError, match="whole clip has no causal step"):
+        convert(build_x3d(10, se_window=None).eval())
