@@ -114,8 +114,9 @@ def interrupted_then_resumed(tmp_path: Path, raw: dict[str, Any], stop_at: tuple
     return {"res": res, "grown_at_stop": grown}
 
 
-@pytest.mark.parametrize("senn", [{}, {"mode": "random", "random_width": 1, "random_depth": 3, "random_span": 3}],
-                         ids=["senn", "random-depth"])
+@pytest.mark.parametrize("senn", [{}, {"mode": "random", "random_width": 1, "random_depth": 3, "random_span": 3},
+                                  {"curvature_window": 1, "decide_every": 2, "noise_z": 0}],
+                         ids=["senn", "random-depth", "curvature-window"])
 def test_resume_after_growth_equals_uninterrupted(tmp_path: Path, senn) -> None:
     """Also with new parameter tensors (inserted blocks) before the stop: the resumed session's
     optimizer is rebuilt with the grown parameter list."""
@@ -124,7 +125,7 @@ def test_resume_after_growth_equals_uninterrupted(tmp_path: Path, senn) -> None:
     out = interrupted_then_resumed(tmp_path, raw, (0, 2))
     res = out["res"]
     assert res["growth"] == ref["growth"] and len(ref["growth"]) >= 3
-    if senn:
+    if senn.get("mode") == "random":
         assert any(e["kind"] == "depth" and e["step"] < res["process"]["start_updates"] for e in res["growth"])
     assert out["grown_at_stop"] != res["architecture_summary"]  # it grew again after the resume
     assert res["evals"] == ref["evals"] and res["params_history"] == ref["params_history"]
@@ -149,6 +150,42 @@ def test_resume_after_growth_equals_uninterrupted(tmp_path: Path, senn) -> None:
                           "backbone": {"name": "expandable_cnn", "kwargs": {"arch_file": arch_file}}})
     exp = SessionExperiment(large, None)
     assert exp.strategy.backbone.describe() == saved["architecture"]
+
+
+def test_curvature_window_estimates_factors_only_before_decisions(tmp_path: Path) -> None:
+    """``curvature_window: 1``, decisions every 3rd epoch from epoch 1 (cooldown 0, and every
+    decision grows): the factors update in the epoch before each decision and at the decision
+    epoch's first step (which precedes the decision), nowhere else; each decision reads factors
+    restarted at its window's start (their counts = the window's updates). Hand-derived schedule:
+    session 0 (10 epochs) decides at 1, 4, 7 (its epoch 9 precedes no decision of the session: no
+    updates); session 1 (3 epochs) at 1."""
+    raw = raw_config(tmp_path, curvature_window=1, decide_every=3, curvature_every=1)
+    raw["sessions"]["base"]["epochs"] = 10
+    exp = SessionExperiment(build_config(raw), None)
+    strat = exp.strategy
+    ema_steps: list[tuple[int, int]] = []
+    counts: list[tuple[int, int, int]] = []
+    loss, decide = strat.training_loss, strat._decide
+
+    def spy_loss(x, y, ctx):
+        out = loss(x, y, ctx)
+        if strat.tracker.mode == "ema":
+            ema_steps.append((ctx.session, ctx.epoch))
+        return out
+
+    def spy_decide(ctx):
+        counts.append((ctx.session, ctx.epoch, int(strat.curv.proj_A_n)))
+        return decide(ctx)
+
+    strat.training_loss, strat._decide = spy_loss, spy_decide
+    exp.run()
+    steps = {s: math.ceil(len(exp.plan.tasks[s]) / 64) for s in (0, 1)}
+    want = [(0, e) for e in (0, 3, 6) for _ in range(steps[0])]
+    want = sorted(want + [(0, 1), (0, 4), (0, 7)]) + [(1, 0)] * steps[1] + [(1, 1)]
+    assert ema_steps == want
+    assert [c[:2] for c in counts] == [(0, 1), (0, 4), (0, 7), (1, 1)]
+    assert [c[2] for c in counts] == [steps[0] + 1] * 3 + [steps[1] + 1]
+    assert strat.growth_events()  # (cooldown 0: the schedule does not depend on it)
 
 
 def test_checkpoint_of_another_architecture_is_one_line(tmp_path: Path, capsys) -> None:

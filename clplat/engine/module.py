@@ -45,6 +45,7 @@ class ContinualModule(L.LightningModule):
         self.task_id = 0
         self.session = 0  # sessions regime: session and epoch in progress
         self.epoch = 0
+        self.session_epochs = 0  # epochs of the session in progress (0: not in a session)
         self.last_loss = float("nan")
         self._optimizer: torch.optim.Optimizer | None = None
         self.split = None  # DDP: the ShareSampler of the fit in progress (engine/distributed.py)
@@ -80,7 +81,7 @@ class ContinualModule(L.LightningModule):
             n_exposed=self.tracker.n_exposed, exposed_classes=self.tracker.exposed,
             label_index=self.tracker.label_index, task_id=self.task_id, samples_seen=self.cursor.samples_seen,
             generator=self.generator, augment=self.augment, training=self.training,
-            session=self.session, epoch=self.epoch,
+            session=self.session, epoch=self.epoch, session_epochs=self.session_epochs,
         )
 
     # --- DDP (engine/distributed.py); each is a no-op in one process -----------------------------------

@@ -163,7 +163,7 @@ class SessionDriver(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         b = self.batches[self.i]
-        pl_module.epoch = b.epoch
+        pl_module.epoch, pl_module.session_epochs = b.epoch, self.phase.epochs
         if self.i == 0 or self.batches[self.i - 1].epoch != b.epoch:
             set_epoch_lr(pl_module.make_optimizer(), self.phase, b.epoch)
             self.run.strategy.on_epoch_start(pl_module.session, b.epoch, pl_module.context())

@@ -36,7 +36,8 @@ class StreamContext:
     ``generator`` is the engine's checkpointed RNG: strategies draw replay batches from it so a
     resumed run repeats the same draws. ``augment`` applies a fresh random training augmentation.
     ``task_id`` is the (hidden) task, in the sessions regime the session; ``session`` and ``epoch``
-    are the session and its epoch (both 0 in the online regime).
+    are the session and its epoch (both 0 in the online regime); ``session_epochs`` the session's
+    number of epochs (0 when unknown: the online regime).
     """
 
     n_exposed: int
@@ -49,6 +50,7 @@ class StreamContext:
     training: bool = True
     session: int = 0
     epoch: int = 0
+    session_epochs: int = 0
 
     def to_index(self, y_orig: Tensor) -> Tensor:
         """Original class ids -> exposure indices (all must be exposed)."""

@@ -75,6 +75,9 @@ class SennConfig(StrategyConfig):
     events_per_decision: int = Field(1, ge=1)
     curvature_every: int = Field(5, ge=1, description="update the running factors every this many steps")
     curvature_decay: float = Field(0.8, gt=0, lt=1, description="running-average decay per factor update")
+    curvature_window: int = Field(0, ge=0, description="estimate the factors only in the this many epochs "
+                                  "before each decision opportunity, restarted at the window's start (the "
+                                  "decision reads nothing older); 0: all the time")
     max_positions: int = Field(8192, ge=64, description="images of a batch used for factors: this / positions")
     decision_batch: int = Field(128, ge=2)
     decision_positions: int = Field(2**17, ge=64, description="decision images used: this / input positions")
@@ -142,8 +145,9 @@ class Senn(Strategy):
         self.register_buffer("pool_y", torch.zeros(0, dtype=torch.long))
         self.register_buffer("events", torch.zeros(0, len(EVENT_FIELDS), dtype=torch.float64))
         self.register_buffer("history", torch.zeros(0, 4, dtype=torch.float64))  # step, session, epoch, params
-        # updates, epoch key (session, epoch), epochs since growth, decision opportunities, random events done
-        self.register_buffer("counters", torch.tensor([0, -1, -1, 10**9, 0, 0], dtype=torch.long))
+        # updates, epoch key (session, epoch), epochs since growth, decision opportunities, random events
+        # done, key of the curvature window being filled (session, decision epoch)
+        self.register_buffer("counters", torch.tensor([0, -1, -1, 10**9, 0, 0, -1], dtype=torch.long))
 
     # --- training ---------------------------------------------------------------------------------
     def logits(self, x: Tensor) -> Tensor:
@@ -152,8 +156,34 @@ class Senn(Strategy):
     def _nu2_hook(self, g: Tensor) -> None:
         self.tracker.nu2 = max(float((g * g.shape[0]).pow(2).sum(1).mean()), 1e-30)
 
+    def _next_decision(self, ctx: StreamContext) -> int:
+        """The epoch of this session's next decision opportunity if nothing grows first (this
+        epoch's counts while its first update, where the decision runs, has not happened yet)."""
+        c, cfg = self.counters, self.cfg
+        passed = (int(c[1]), int(c[2])) == (ctx.session, ctx.epoch)
+        since = int(c[3]) + (0 if passed else 1)  # epochs since growth, this one included
+        first = max(ctx.epoch + int(passed), cfg.warmup, ctx.epoch + cfg.cooldown + 1 - since)
+        return first + (-(first - cfg.warmup)) % cfg.decide_every
+
+    def _curvature_due(self, ctx: StreamContext) -> bool:
+        """Factor update at this step? Every ``curvature_every`` updates, inside the window before
+        a decision; the first update of a window restarts every factor."""
+        cfg, c = self.cfg, self.counters
+        if cfg.mode not in ("senn", "secnn") or int(c[0]) % cfg.curvature_every:
+            return False
+        if not cfg.curvature_window:
+            return True
+        nxt = self._next_decision(ctx)
+        if nxt - ctx.epoch > cfg.curvature_window or 0 < ctx.session_epochs <= nxt:  # none ahead, or not here
+            return False
+        key = ctx.session * 100_000 + nxt
+        if int(c[6]) != key:
+            self.tracker.drop(*[n for n in list(self.curv._buffers) if not n.endswith("_n")])
+            c[6] = key
+        return True
+
     def training_loss(self, x: Tensor, y: Tensor, ctx: StreamContext) -> Tensor:
-        ema = int(self.counters[0]) % self.cfg.curvature_every == 0 and self.cfg.mode in ("senn", "secnn")
+        ema = self._curvature_due(ctx)
         self.tracker.start("ema" if ema else None, x)
         logits = self.logits(x)
         if ema:
