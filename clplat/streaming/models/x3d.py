@@ -28,16 +28,18 @@ position per step after the network's delay.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clplat.kernels import x3d_block_cpu
 from clplat.streaming.containers import Delay, Residual, StreamSequential, _chain_step
-from clplat.streaming.conv import ContinualConv3d
+from clplat.streaming.conv import ContinualConv3d, _param_key
 from clplat.streaming.convert import ConvertOptions, convert_chain, convert_module, register_converter
-from clplat.streaming.module import FrameLocal, State, StreamModule
+from clplat.streaming.module import FrameLocal, State, StreamModule, tick
 from clplat.streaming.pool import WindowAvgPool
 
 __all__ = ["X3DS", "X3DBlock", "X3DBlockStream", "X3DHead", "X3DSqueezeExcite", "TemporalWindowAvg", "x3d_s"]
@@ -293,7 +295,13 @@ class X3DBlockStream(Residual):
     per block. Here the SE gate, SiLU and the final ReLU are applied without module calls and
     ``conv_c``'s GEMM takes the shortcut as its addend (``ContinualConv3d.step_residual``). State
     and outputs are exactly the generic ones; anything unexpected falls back to ``Residual``.
+
+    ``cpp_step`` (class default from ``CLPLAT_X3D_CPP``: ``1`` on, else off; settable per block):
+    float32 blocks run the whole step as one C++ call (``clplat.kernels.x3d_block_cpu``), compiled
+    on first use; same state and outputs, and the Python step takes over if it cannot be built.
     """
+
+    cpp_step: bool = os.environ.get("CLPLAT_X3D_CPP", "0") == "1"
 
     def _fused_parts(self) -> tuple | None:
         """``(conv_a, conv_b, se (fc1, fc2) | None, silu, conv_c)`` if the block has the stock
@@ -340,6 +348,12 @@ class X3DBlockStream(Residual):
             return super()._step(frame, state)
         conv_a, conv_b, se, conv_c = parts
         (main_state, short_state), post_state = state
+        if self.cpp_step and frame.dtype == torch.float32 and not (
+            int(main_state[2][1]) == 0 and conv_b.temporal_fill == "replicate"
+        ):
+            weights = self._cpp_weights(parts)
+            if weights is not None:
+                return self._step_cpp(conv_b, weights, frame, state)
         chains, _ = self._step_chains()
         skip, short_state = _chain_step(chains[1], frame, short_state)
         y, _ = conv_a._step(frame, main_state[1])
@@ -355,6 +369,96 @@ class X3DBlockStream(Residual):
         if out is None:
             out = F.relu(conv_c._step(y, ())[0] + skip)
         return out, ((main_state, short_state), post_state)
+
+    def _step_cpp(self, conv_b: ContinualConv3d, weights: x3d_block_cpu.BlockWeights, frame: Tensor,
+                  state: State) -> tuple[Tensor | None, State]:
+        """The step as one C++ call; the shortcut's delay ring (and an unrecognised shortcut chain)
+        stays in Python, a recognised 1x1 shortcut conv runs inside the call."""
+        (main_state, short_state), post_state = state
+        acc, count = main_state[2]
+        chain = self._step_chains()[0][1]
+        n = 1 if weights.ws is not None else len(chain)  # modules stepped here: aligner [+ shortcut]
+        skip, head = _chain_step(chain[:n], frame, short_state[:n])
+        out, acc = x3d_block_cpu.block_step(frame, acc, skip, weights, int(count) >= conv_b.delay)
+        b_state = (acc, tick(count, conv_b.delay, 1))
+        main_state = (*main_state[:2], b_state, *main_state[3:])
+        return out, ((main_state, (*head, *short_state[n:])), post_state)
+
+    def _cpp_weights(self, parts: tuple) -> x3d_block_cpu.BlockWeights | None:
+        """The C++ step's weights, re-laid-out once per weight version; None where the block is
+        outside what it computes (or the extension cannot be built)."""
+        conv_a, conv_b, se, conv_c = parts
+        convs = [conv_a, conv_b, conv_c, *(se or ())]
+        shortcut = self._shortcut_conv()
+        if shortcut is not None:
+            convs.append(shortcut)
+        tensors = [t for c in convs for t in (c.weight, c.bias) if t is not None]
+        key = (tuple(_param_key(t) for t in tensors), tuple(self._modules.values()))
+        cache = self.__dict__.get("_cpp_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        weights = None
+        if all(t.dtype == torch.float32 for t in tensors) and _cpp_eligible(conv_a, conv_b, se, conv_c, shortcut):
+            if x3d_block_cpu.available():
+                weights = _pack_weights(conv_a, conv_b, se, conv_c, shortcut)
+        self.__dict__["_cpp_cache"] = (key, weights)
+        return weights
+
+    def _shortcut_conv(self) -> ContinualConv3d | None:
+        """The shortcut's 1x1 conv if the shortcut branch is (aligner, [Sequential of] that conv)."""
+        chain = self._step_chains()[0][1]
+        if len(chain) != 2:
+            return None
+        m = chain[1]
+        if isinstance(m, StreamSequential) and len(m) == 1:
+            m = m[0]
+        if not isinstance(m, ContinualConv3d) or not _is_pointwise(m) or m.activation != "identity":
+            return None
+        return m
+
+
+def _is_pointwise(c: ContinualConv3d) -> bool:
+    """A stateless 1x1x1 conv (groups 1, no padding, temporal stride 1): one GEMM per frame."""
+    return (
+        c.kernel_size == (1, 1, 1) and c.groups == 1 and c.padding[1:] == (0, 0) and c.stride[0] == 1
+        and c.temporal_padding == (0, 0)
+    )
+
+
+def _cpp_eligible(conv_a, conv_b, se, conv_c, shortcut) -> bool:  # noqa: ANN001
+    """What ``clplat.kernels.x3d_block_cpu`` computes: pointwise a/c (and SE fcs, and a shortcut
+    conv: any spatial stride), a depthwise conv_b with 2-5 temporal taps, temporal stride 1,
+    no dilation, partial-sum state, activations identity/relu/silu."""
+    acts = x3d_block_cpu.ACTIVATIONS
+    k = conv_b.kernel_size[0]
+    ok = (
+        all(_is_pointwise(c) and c.stride[1:] == (1, 1) for c in (conv_a, conv_c, *(se or ())))
+        and conv_b.groups == conv_b.in_channels == conv_b.out_channels and 2 <= k <= 5
+        and conv_b.stride[0] == 1 and conv_b.dilation[1:] == (1, 1) and conv_b.resolved_layout() == "partial"
+        and all(c.activation in acts for c in (conv_a, conv_b, conv_c, *(se or ())))
+    )
+    return ok and (shortcut is None or shortcut.stride[1:] == conv_b.stride[1:])
+
+
+def _pack_weights(conv_a, conv_b, se, conv_c, shortcut) -> x3d_block_cpu.BlockWeights:  # noqa: ANN001
+    acts = x3d_block_cpu.ACTIVATIONS
+
+    def pw(c: ContinualConv3d | None) -> tuple[Tensor | None, Tensor | None]:
+        if c is None:
+            return None, None
+        bias = None if c.bias is None else c.bias.detach().contiguous()
+        return c._step_weight("pointwise").detach().contiguous(), bias
+
+    (w1, b1), (w2, b2) = pw(se[0] if se else None), pw(se[1] if se else None)
+    (wa, ba), (wc, bc), (ws, bs) = pw(conv_a), pw(conv_c), pw(shortcut)
+    bb = None if conv_b.bias is None else conv_b.bias.detach().contiguous()
+    return x3d_block_cpu.BlockWeights(
+        wa, ba, acts[conv_a.activation], conv_b._step_weight("dw_partial").detach().contiguous(), bb,
+        acts[conv_b.activation], tuple(conv_b.kernel_size[1:]), tuple(conv_b.stride[1:]),
+        tuple(conv_b.padding[1:]), w1, b1, acts[se[0].activation] if se else 0, w2, b2,
+        acts[se[1].activation] if se else 0, wc, bc, ws, bs,
+        tuple(shortcut.stride[1:]) if shortcut is not None else (1, 1),
+    )
 
 
 def _is_act(m: nn.Module, cls: type) -> bool:
