@@ -25,7 +25,8 @@ sequence's cache traffic. The per-op floor can be *below* the peak-rate floor: o
 use fast algorithms (Winograd-class: fewer multiplies than counted). Element-wise ops
 (everything else but views) are timed the same way and reported apart (their time is mostly the
 per-call cost the compiled step removes). Same networks and BN folding as ``stream_step.py``;
-the eager and compiled steps are timed by ``stream_step.measure`` in a pinned child.
+the eager and compiled steps (x3d_s: also with the fused C++ X3D blocks, ``fused`` /
+``compiled_fused``) are timed by ``stream_step.measure`` in a pinned child.
 """
 from __future__ import annotations
 
@@ -376,7 +377,8 @@ def analyse(name: str, args: argparse.Namespace, reps: int, budget: float) -> di
         out[mode] = summarize(groups, period)
         out[mode]["sequence_ms"] = sequence_ms(calls, reps) / period
     if not args.no_steps:
-        out["step_ms"] = {v: _step_ms(name, v, args) for v in ("clplat", "compiled")}
+        fused = ("fused", "compiled_fused") if name == "x3d_s" and not args.no_fused else ()
+        out["step_ms"] = {v: _step_ms(name, v, args) for v in ("clplat", "compiled", *fused)}
     return out
 
 
@@ -403,6 +405,9 @@ def report(name: str, r: dict[str, Any], peak: float, overhead_us: float, top_n:
         print(f"eager step {eager:.3f} ms = {eager / floor:.2f}x peak floor, {eager / r['eager']['ops_best_ms']:.2f}x "
               f"per-op floor; compiled step {comp:.3f} ms = {comp / floor:.2f}x peak floor, "
               f"{comp / r['traced']['ops_best_ms']:.2f}x per-op floor (2x peak floor = {2 * floor:.3f} ms)")
+        for v in [v for v in ("fused", "compiled_fused") if v in r["step_ms"]]:  # the fused C++ X3D blocks
+            t = r["step_ms"][v]
+            print(f"{v} step (X3D blocks as one C++ call each) {t:.3f} ms = {t / floor:.2f}x peak floor")
     print("| op | shapes (args) | per frame | M MACs | best | best µs | as recorded µs | GMAC/s | ms/frame "
           "| weights-cold µs (MiB written) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -421,6 +426,8 @@ def main() -> None:
     p.add_argument("--cpus", type=int, nargs="+", default=None, help="CPU ids (default: the first allowed)")
     p.add_argument("--steps", type=int, default=24, help="timed frames of the eager / compiled step")
     p.add_argument("--no-steps", action="store_true", help="skip timing the eager / compiled steps")
+    p.add_argument("--no-fused", action="store_true",
+                   help="skip timing the steps with the fused C++ X3D blocks (fused, compiled_fused)")
     p.add_argument("--quick", action="store_true", help="few repetitions (smoke)")
     p.add_argument("--flush-mib", type=float, nargs="*", default=[8.0, 64.0],
                    help="MiB written before each weights-cold timing (> the core's L2 keeps the shared "

@@ -12,6 +12,10 @@ BN at run time. At batch 1, ``size`` x ``size`` RGB frames:
 - ``clplat``: ``clplat.streaming.convert(model).step`` once per frame (explicit state).
 - ``compiled``: the same step through ``clplat.streaming.compile_step`` (Inductor, C++ on CPU);
   its one-off compilation happens during warm-up and is reported apart (``warm-up s``).
+- ``fused`` / ``compiled_fused`` (x3d_s only): ``clplat`` / ``compiled`` with every X3D block
+  stepped by the fused C++ block step (``clplat.kernels.x3d_block_cpu``, ``X3DBlockStream.cpp_step``;
+  compiled: one extern kernel per block in the Inductor graph). Its extension is built (or loaded
+  from the cache) before the warm-up.
 - ``sliding``: the last ``window`` frames recomputed at every frame, computing only the newest
   position's prediction (``stream_nets.last_position_logits``: the backbone on the whole window,
   whose every position feeds that prediction; the head only where the last prediction reads it).
@@ -102,13 +106,31 @@ def _timed(fn: Any) -> float:
 
 # ---------------------------------------------------------------- runners (one output per frame or None)
 
+MINE = ("clplat", "compiled", "fused", "compiled_fused")  # clplat's own steps
+FUSED = ("fused", "compiled_fused")  # only for networks with X3D blocks
+
+
+def _use_fused_blocks(stream: nn.Module) -> None:
+    """Every X3D block of ``stream`` takes the fused C++ step; the extension is built first."""
+    from clplat.kernels import x3d_block_cpu
+    from clplat.streaming.models.x3d import X3DBlockStream
+
+    if not x3d_block_cpu.available():
+        raise RuntimeError("the fused X3D block step cannot be built here (see the warning above)")
+    for block in stream.modules():
+        if isinstance(block, X3DBlockStream):
+            block.cpp_step = True
+
+
 
 def make_runner(variant: str, name: str, model: nn.Module, window: int) -> Any:
     """A callable ``frame (B, C, H, W) -> logits (B, K) | None`` holding its own stream state."""
-    if variant in ("clplat", "compiled"):
+    if variant in MINE:
         stream = build_clplat(name, model)
+        if variant in ("fused", "compiled_fused"):
+            _use_fused_blocks(stream)
         step = stream.step
-        if variant == "compiled":
+        if variant.startswith("compiled"):
             from clplat.streaming import compile_step
 
             step = compile_step(stream)
@@ -118,7 +140,7 @@ def make_runner(variant: str, name: str, model: nn.Module, window: int) -> Any:
             y, box[0] = step(frame, box[0])
             return None if y is None else y.reshape(y.shape[0], -1)
 
-        run.compiled = step if variant == "compiled" else None  # type: ignore[attr-defined]
+        run.compiled = step if variant.startswith("compiled") else None  # type: ignore[attr-defined]
         run.period = stream.temporal_stride  # type: ignore[attr-defined]
         return run
     if variant == "co":
@@ -242,7 +264,7 @@ def check_outputs(name: str, size: int, window: int, frames: int, threads: int,
     torch.set_num_threads(threads)
     offline, model = build_offline(name), build_network(name)
     clip = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(1))
-    runners = {v: make_runner(v, name, model, window) for v in ("clplat", "compiled", "co")
+    runners = {v: make_runner(v, name, model, window) for v in (*MINE, "co")
                if v == "clplat" or v in variants}
     errs: dict[str, float] = {}
 
@@ -260,8 +282,8 @@ def check_outputs(name: str, size: int, window: int, frames: int, threads: int,
                 for v, run in runners.items()}
         n = len(outs["clplat"])
         close("clplat", torch.cat(outs["clplat"]), ref[:n])
-        if "compiled" in outs:
-            close("compiled", torch.cat(outs["compiled"]), ref[: len(outs["compiled"])])
+        for v in [v for v in MINE[1:] if v in outs]:
+            close(v, torch.cat(outs[v]), ref[: len(outs[v])])
         if "co" in outs:
             m = min(len(outs["co"]), n - (HEAD_WINDOW[name] - 1))  # align the ends; skip the head's warm-up
             close("co", torch.cat(outs["co"][-m:]), ref[n - m: n])
@@ -285,8 +307,10 @@ def _parse_args() -> argparse.Namespace:
                    help="CPU ids every child is pinned to (default: the first --threads allowed CPUs)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=24, help="timed steady-state frames for step methods")
-    p.add_argument("--variants", nargs="+", default=["clplat", "compiled", "co", "sliding", "sliding/8"],
-                   help="clplat, compiled, co, sliding, sliding/8 (r2plus1d_18 only); clplat is the reference")
+    p.add_argument("--variants", nargs="+",
+                   default=["clplat", "compiled", "fused", "compiled_fused", "co", "sliding", "sliding/8"],
+                   help="clplat, compiled, fused, compiled_fused (x3d_s only), co, sliding, sliding/8 "
+                        "(r2plus1d_18 only); clplat is the reference")
     p.add_argument("--no-batch8", action="store_true", help="skip the 8-streams-batched measurement")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args()
@@ -325,7 +349,7 @@ def _batched(name: str, args: argparse.Namespace, variants: list[str]) -> dict[s
     """8 streams stepped as one batch (frames/s over all streams)."""
     warm = 40 if name == "x3d_s" else 72
     multi = {}
-    for v in [v for v in ("clplat", "compiled", "co") if v in variants]:
+    for v in [v for v in (*MINE, "co") if v in variants]:
         task = {"model": name, "variant": v, "batch": 8, "size": args.size, "window": args.window,
                 "frames": warm + max(8, args.steps // 2), "warmup": warm, "threads": args.threads,
                 "cpus": args.cpus}
@@ -345,8 +369,8 @@ def _print_model(name: str, per: dict[str, dict[str, Any]], arith: dict[str, flo
     for v, r in per.items():
         print(f"| {v} | {r['mean']:.2f} | {r['p50']:.2f} | {r['mean'] / floor_ms:.1f} | {r['peak_mib']:.1f} "
               f"| {r['rss_mib']:.0f} | {r['warmup_s']:.1f} |")
-    for mine in [v for v in ("clplat", "compiled") if v in per]:
-        for base in [v for v in per if v not in ("clplat", "compiled")]:
+    for mine in [v for v in MINE if v in per]:
+        for base in [v for v in per if v not in MINE]:
             p50 = per[base]["p50"] / per[mine]["p50"]
             print(f"{mine} vs {base}: {per[base]['mean'] / per[mine]['mean']:.1f}x faster (mean), "
                   + (f"{p50:.1f}x (p50); " if p50 > 0 else "")
@@ -367,11 +391,12 @@ def main() -> None:
     for name in args.models:
         # past the delay (28 / 54 frames) and, for the compiled step, two periods of its phases
         check_frames = 48 if name == "x3d_s" else 80
-        errs = check_outputs(name, args.size, args.window, check_frames, args.threads, args.variants)
+        variants = [v for v in args.variants if (v != "sliding/8" or name == "r2plus1d_18")
+                    and (v not in FUSED or name == "x3d_s")]
+        errs = check_outputs(name, args.size, args.window, check_frames, args.threads, variants)
         print(f"\n## {name}: outputs equal to the offline network (max |diff|: "
               + ", ".join(f"{k} {v:.1e}" for k, v in errs.items() if k != "positions_checked")
               + f"; {int(errs['positions_checked'])} stepped positions)")
-        variants = [v for v in args.variants if v != "sliding/8" or name == "r2plus1d_18"]
         per = _time_variants(name, args, variants)
         multi = {} if args.no_batch8 else _batched(name, args, variants)
         results[name] = (errs, per, multi, arithmetic(name, args.size, args.window))

@@ -169,3 +169,51 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
     assert len(msgs) == 1 and "no-such-compiler-xyz" in msgs[0]
     want, _ = step_clip(_stream(net, cpp=False), clip, grad=False)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_new_weights_reach_the_fused_step(kernel, counted):
+    """Weights loaded in place mid-stream (version counters move) are re-laid-out for C++."""
+    net, other = _net(), _net(se_window=1)
+    for p in other.parameters():
+        p.data.mul_(1.5)
+    clip = torch.randn(1, 3, 30, 33, 29)
+    fused, python = _stream(net, cpp=True), _stream(net, cpp=False)
+    s_f = s_p = None
+    with torch.no_grad():
+        for t in range(clip.shape[2]):
+            if t == 15:
+                new = convert(other).state_dict()
+                fused.load_state_dict(new)
+                python.load_state_dict(new)
+            y_f, s_f = fused.step(clip[:, :, t], s_f)
+            y_p, s_p = python.step(clip[:, :, t], s_p)
+            if y_p is not None:
+                _close(y_f, y_p)
+    assert counted[0] > 0
+
+
+def test_compile_step_keeps_the_fused_block_as_one_kernel(kernel):
+    """A step recorded for the compiler holds one clplat_x3d::block_step node per block, and
+    compile_step (Inductor) with it matches the Python eager step."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from clplat.kernels import tracing
+    from clplat.streaming import compile_step
+
+    net = _net(causal=True, head_window=3)  # a bounded head window: steady phases recur
+    clip = torch.randn(1, 3, 12, 33, 29)
+    want, _ = step_clip(_stream(net, cpp=False), clip, grad=False)
+    stream = _stream(net, cpp=True)
+    with torch.no_grad(), tracing():
+        state = stream.init_state(clip[:, :, 0])
+        graph = make_fx(lambda f: stream.step(f, state)[0])(clip[:, :, 0])
+    ops = [n for n in graph.graph.nodes if n.target is torch.ops.clplat_x3d.block_step.default]
+    assert len(ops) == 6
+    step = compile_step(stream)
+    outs, state = [], None
+    with torch.no_grad():
+        for t in range(clip.shape[2]):
+            y, state = step(clip[:, :, t], state)
+            outs.append(y)
+    assert step.compilations >= 1
+    _close(torch.stack(outs, 2), want)
