@@ -14,8 +14,9 @@ BN at run time. At batch 1, ``size`` x ``size`` RGB frames:
   its one-off compilation happens during warm-up and is reported apart (``warm-up s``).
 - ``fused`` / ``compiled_fused`` (x3d_s only): ``clplat`` / ``compiled`` with every X3D block
   stepped by the fused C++ block step (``clplat.kernels.x3d_block_cpu``, ``X3DBlockStream.cpp_step``;
-  compiled: one extern kernel per block in the Inductor graph). Its extension is built (or loaded
-  from the cache) before the warm-up.
+  compiled: one extern kernel per block in the Inductor graph), built (or loaded from the cache)
+  before the warm-up. It is ``X3DBlockStream``'s default; ``clplat`` / ``compiled`` here keep the
+  Python block step, so the four rows separate the two changes.
 - ``sliding``: the last ``window`` frames recomputed at every frame, computing only the newest
   position's prediction (``stream_nets.last_position_logits``: the backbone on the whole window,
   whose every position feeds that prediction; the head only where the last prediction reads it).
@@ -110,16 +111,17 @@ MINE = ("clplat", "compiled", "fused", "compiled_fused")  # clplat's own steps
 FUSED = ("fused", "compiled_fused")  # only for networks with X3D blocks
 
 
-def _use_fused_blocks(stream: nn.Module) -> None:
-    """Every X3D block of ``stream`` takes the fused C++ step; the extension is built first."""
+def _use_fused_blocks(stream: nn.Module, on: bool) -> None:
+    """Every X3D block of ``stream`` takes the fused C++ step (``on``; the extension is built
+    first) or the Python step (``clplat`` / ``compiled``: the step as before the C++ one)."""
     from clplat.kernels import x3d_block_cpu
     from clplat.streaming.models.x3d import X3DBlockStream
 
-    if not x3d_block_cpu.available():
+    if on and not x3d_block_cpu.available():
         raise RuntimeError("the fused X3D block step cannot be built here (see the warning above)")
     for block in stream.modules():
         if isinstance(block, X3DBlockStream):
-            block.cpp_step = True
+            block.cpp_step = on
 
 
 
@@ -127,8 +129,7 @@ def make_runner(variant: str, name: str, model: nn.Module, window: int) -> Any:
     """A callable ``frame (B, C, H, W) -> logits (B, K) | None`` holding its own stream state."""
     if variant in MINE:
         stream = build_clplat(name, model)
-        if variant in ("fused", "compiled_fused"):
-            _use_fused_blocks(stream)
+        _use_fused_blocks(stream, variant in FUSED)
         step = stream.step
         if variant.startswith("compiled"):
             from clplat.streaming import compile_step
