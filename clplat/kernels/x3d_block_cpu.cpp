@@ -57,9 +57,9 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
 typedef int32_t vi8 __attribute__((vector_size(32), aligned(4)));
-template <class T> struct IntOf;
-template <> struct IntOf<v16> { typedef vi16 type; };
-template <> struct IntOf<v8> { typedef vi8 type; };
+template <int N> struct IntVec;  // the int32 vector type of N lanes
+template <> struct IntVec<16> { typedef vi16 type; };
+template <> struct IntVec<8> { typedef vi8 type; };
 template <class T> inline T vload(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
 template <class T> inline void vstore(float* p, const T& v) { std::memcpy(p, &v, sizeof(T)); }
 template <class T> inline T vzero() { T v; std::memset(&v, 0, sizeof(T)); return v; }
@@ -67,7 +67,7 @@ template <class T> inline T splat(float f) { return vzero<T>() + f; }
 
 // exp_poly on vectors; the nearest integer n by the 1.5 * 2^23 trick (its low bits are n).
 template <class T> inline T vexp(T x) {
-  using I = typename IntOf<T>::type;
+  using I = typename IntVec<sizeof(T) / sizeof(float)>::type;
   const T lo = splat<T>(-87.0f), hi = splat<T>(88.0f), magic = splat<T>(12582912.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
