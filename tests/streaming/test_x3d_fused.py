@@ -217,3 +217,20 @@ def test_compile_step_keeps_the_fused_block_as_one_kernel(kernel):
             outs.append(y)
     assert step.compilations >= 1
     _close(torch.stack(outs, 2), want)
+
+
+def test_replicate_fill_first_step_stays_python_then_fused(counted):
+    """temporal_fill="replicate": the first step of each block (which feeds the first frame k-1
+    times) takes the Python step; every later one the C++ step, with equal outputs."""
+    net = _net()
+    clip = torch.randn(2, 3, 24, 33, 29)
+    streams = [convert(net, temporal_fill="replicate") for _ in range(2)]
+    for stream, cpp in zip(streams, (False, True)):
+        for block in stream.modules():
+            if isinstance(block, X3DBlockStream):
+                block.cpp_step = cpp
+    want, _ = step_clip(streams[0], clip, grad=False)
+    assert counted[0] == 0
+    got, _ = step_clip(streams[1], clip, grad=False)
+    assert counted[0] > 0
+    _close(got, want)
