@@ -130,7 +130,8 @@ def test_demo_errors(model_file, tmp_path, capsys):
 @pytest.mark.slow
 def test_compiled_demo_equals_eager_on_the_shipped_lstm(tmp_path):
     """``--compile`` (Inductor on CPU) streams the trained LSTM net to the same EPE as eager steps
-    (with Inductor's freezing it would not: the app compiles without it)."""
+    (with Inductor's freezing it would not: ``compile_step`` turns freezing off for a step with a
+    transposed conv, which this net's decoder has)."""
     scene = make_scene(SceneConfig(height=40, width=56, duration_ms=130, n_objects=2), seed=11, keep_frames=False)
     path = tmp_path / "scene.h5"
     write_scene_h5(path, scene)

@@ -23,9 +23,7 @@ from clplat.errors import UserError
 from clplat.streaming.apps import STREAM_APPS, ModelRef, StreamApp, StreamTrack
 from clplat.streaming.event_source import EventBin, event_image, open_event_source
 
-__all__ = ["COMPILE_OPTIONS_CPU", "EventFlowApp", "flow_colours"]
-
-COMPILE_OPTIONS_CPU = {"freezing": False, "cpp_wrapper": True}
+__all__ = ["EventFlowApp", "flow_colours"]
 
 
 def flow_colours(flow: Tensor, max_px: float) -> np.ndarray:
@@ -119,17 +117,6 @@ class EventFlowApp(StreamApp):
         self.target_bins = int(self.meta.get("target_bins", 10))
         self.flow_range = float(getattr(args, "flow_range", 10.0))
         self.make_step(net)
-
-    def make_step(self, stream: torch.nn.Module) -> None:
-        """As the base, but a CPU ``--compile`` without Inductor's ``freezing``: with it, the compiled
-        step of the trained LSTM net disagrees with the eager one (CompiledStep's own check stops
-        it, max |diff| ~0.3 px); without it, they agree."""
-        super().make_step(stream)
-        if self.compiled is not None and self.device.type == "cpu":
-            from clplat.streaming import compile_step
-
-            self.compiled = compile_step(self.stream, options=COMPILE_OPTIONS_CPU)
-            self.step_fn = self.compiled
 
     def describe(self) -> dict[str, Any]:
         m = self.meta.get("model", {})
