@@ -1,8 +1,8 @@
 """The fused C++ X3D block step (``clplat.kernels.x3d_block_cpu``) against the Python step and
 the offline network.
 
-Every test here needs the extension, compiled on first use (~15-40 s, then cached under
-``TORCH_EXTENSIONS_DIR``), so they are ``slow``. Streams are long (60+ frames: past the delay,
+Every test but the no-compiler one needs the extension, compiled on first use (~15-40 s, then
+cached under ``TORCH_EXTENSIONS_DIR``), so they are ``slow``. Streams are long (60+ frames: past the delay,
 every stride phase of the blocks' spatial strides is irrelevant in time, but the partial-sum
 register and the shortcut's delay ring cycle many times), maps have odd sizes (stride-2 blocks
 with a ragged last row/column), batch 1 and 3, blocks with and without squeeze-excite.
@@ -20,7 +20,7 @@ from clplat.streaming import X3DS, convert
 from clplat.streaming.models.x3d import X3DBlockStream
 from tests.streaming.stepping import assert_steps_match, calibrate, one_thread, step_clip
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 RTOL = 1e-5
 
 
@@ -68,6 +68,7 @@ def _stream(net: X3DS, cpp: bool):
     return stream
 
 
+@slow
 @pytest.mark.parametrize("kwargs,batch", [
     (dict(), 1),                            # SE on every other block, centred temporal conv (delay 1)
     (dict(se_ratio=0.0), 3),                # no SE anywhere
@@ -95,6 +96,7 @@ def test_fused_step_equals_python_step_and_offline(counted, monkeypatch, kwargs,
     _close(got, want)
 
 
+@slow
 def test_states_are_interchangeable_mid_stream(kernel):
     """Switching paths every few frames (each continuing the other's state) changes nothing."""
     net = _net()
@@ -119,6 +121,7 @@ def _leaves(state) -> list[torch.Tensor]:
     return [leaf for s in state for leaf in _leaves(s)]
 
 
+@slow
 @pytest.mark.parametrize("index", [0, 1])  # stride-2 block with a 1x1 shortcut and SE; plain block
 def test_block_state_matches_the_python_state(kernel, counted, index):
     """Per step, the same state tree (shapes, values, counters) and output as the Python block."""
@@ -147,6 +150,7 @@ def test_block_state_matches_the_python_state(kernel, counted, index):
     assert counted[0] == frames.shape[2]
 
 
+@slow
 def test_float64_and_grad_keep_the_python_step(counted):
     net = _net().double()
     clip = torch.randn(1, 3, 16, 33, 29, dtype=torch.float64)
@@ -171,6 +175,7 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@slow
 def test_new_weights_reach_the_fused_step(kernel, counted):
     """Weights loaded in place mid-stream (version counters move) are re-laid-out for C++."""
     net, other = _net(), _net(se_window=1)
@@ -192,6 +197,7 @@ def test_new_weights_reach_the_fused_step(kernel, counted):
     assert counted[0] > 0
 
 
+@slow
 def test_compile_step_keeps_the_fused_block_as_one_kernel(kernel):
     """A step recorded for the compiler holds one clplat_x3d::block_step node per block, and
     compile_step (Inductor) with it matches the Python eager step."""
@@ -219,6 +225,7 @@ def test_compile_step_keeps_the_fused_block_as_one_kernel(kernel):
     _close(torch.stack(outs, 2), want)
 
 
+@slow
 def test_replicate_fill_first_step_stays_python_then_fused(counted):
     """temporal_fill="replicate": the first step of each block (which feeds the first frame k-1
     times) takes the Python step; every later one the C++ step, with equal outputs."""
