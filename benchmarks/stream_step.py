@@ -14,9 +14,10 @@ BN at run time. At batch 1, ``size`` x ``size`` RGB frames:
   its one-off compilation happens during warm-up and is reported apart (``warm-up s``).
 - ``fused`` / ``compiled_fused`` (x3d_s only): ``clplat`` / ``compiled`` with every X3D block
   stepped by the fused C++ block step (``clplat.kernels.x3d_block_cpu``, ``X3DBlockStream.cpp_step``;
-  compiled: one extern kernel per block in the Inductor graph), built (or loaded from the cache)
-  before the warm-up. It is ``X3DBlockStream``'s default; ``clplat`` / ``compiled`` here keep the
-  Python block step, so the four rows separate the two changes.
+  compiled: one extern kernel per block in the Inductor graph) and the stem by its C++ step
+  (``X3DStemStream.cpp_step``), built (or loaded from the cache) before the warm-up. It is the
+  default; ``clplat`` / ``compiled`` here keep the Python block and stem steps, so the four rows
+  separate the two changes.
 - ``sliding``: the last ``window`` frames recomputed at every frame, computing only the newest
   position's prediction (``stream_nets.last_position_logits``: the backbone on the whole window,
   whose every position feeds that prediction; the head only where the last prediction reads it).
@@ -112,15 +113,15 @@ FUSED = ("fused", "compiled_fused")  # only for networks with X3D blocks
 
 
 def _use_fused_blocks(stream: nn.Module, on: bool) -> None:
-    """Every X3D block of ``stream`` takes the fused C++ step (``on``; the extension is built
+    """Every X3D block and stem of ``stream`` takes the C++ step (``on``; the extension is built
     first) or the Python step (``clplat`` / ``compiled``: the step as before the C++ one)."""
     from clplat.kernels import x3d_block_cpu
-    from clplat.streaming.models.x3d import X3DBlockStream
+    from clplat.streaming.models.x3d import X3DBlockStream, X3DStemStream
 
     if on and not x3d_block_cpu.available():
         raise RuntimeError("the fused X3D block step cannot be built here (see the warning above)")
     for block in stream.modules():
-        if isinstance(block, X3DBlockStream):
+        if isinstance(block, (X3DBlockStream, X3DStemStream)):
             block.cpp_step = on
 
 

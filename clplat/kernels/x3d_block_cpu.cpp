@@ -127,6 +127,7 @@ struct Taps {
   float* sums;        // (C): SE squeeze sums of slot 0 (after bias and act)
   int64_t h, w_, c, ho, wo, kh, kw, sh, sw, ph, pw;
   int64_t act;
+  float* y0 = nullptr;  // (H'W', C) of one batch element: slot 0 goes here instead (null: into buf)
 };
 
 
@@ -165,7 +166,7 @@ void taps_block(const Taps& t, int64_t c0) {
       }
       float* out = t.buf + p * K * C + c0;
       const T yv = vact<ACT>(a[0] + vbias);
-      vstore(out, yv);
+      vstore(t.y0 != nullptr ? t.y0 + p * C + c0 : out, yv);
       sum += yv;
 #pragma GCC unroll 8
       for (int m = 1; m < K; ++m) vstore(out + m * C, a[m]);
@@ -330,12 +331,153 @@ std::tuple<at::Tensor, at::Tensor> x3d_block_step(
   return {out.view({B, Ho, Wo, cout}).permute({0, 3, 1, 2}), next};
 }
 
+// One depthwise partial-sum conv step alone (the X3D stem's (k,1,1) temporal conv): frame
+// (B, C, H, W) any layout, acc (B, C, k-1, H'W') logical; returns (this frame's output
+// (B, C, H', W') over channels-last memory (bias and act applied), or an empty tensor when not
+// emitting; the next partial sums, the view of slots 1..k-1). Same state as the Python step.
+std::tuple<at::Tensor, at::Tensor> x3d_taps_step(
+    const at::Tensor& frame, const at::Tensor& acc, const at::Tensor& wb, const c10::optional<at::Tensor>& bb,
+    int64_t act_b, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding, bool emit) {
+  TORCH_CHECK(frame.dim() == 4 && frame.scalar_type() == at::kFloat && frame.device().is_cpu(),
+              "x3d_taps_step: frame must be a (B, C, H, W) float32 CPU tensor");
+  check_weight(wb, "the depthwise weight");
+  if (bb.has_value() && bb->defined()) check_weight(*bb, "the bias");
+  const int64_t B = frame.size(0), C = frame.size(1), H = frame.size(2), W = frame.size(3);
+  const int64_t kh = kernel[0], kw = kernel[1], sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  const int64_t K = wb.size(1);
+  const int64_t Ho = (H + 2 * ph - kh) / sh + 1, Wo = (W + 2 * pw - kw) / sw + 1, P = Ho * Wo;
+  TORCH_CHECK(wb.size(0) == kh * kw && wb.size(2) == C, "x3d_taps_step: weight shape does not match the frame");
+  TORCH_CHECK(acc.dim() == 4 && acc.size(0) == B && acc.size(1) == C && acc.size(2) == K - 1 && acc.size(3) == P,
+              "x3d_taps_step: partial sums must be (B, C, k-1, H'W')");
+  const at::Tensor x = frame.permute({0, 2, 3, 1}).contiguous();
+  at::Tensor accl = acc.permute({0, 3, 2, 1});  // (B, H'W', k-1, C)
+  if (accl.stride(3) != 1) accl = accl.contiguous();
+  at::Tensor buf = at::empty({B, P, K, C}, frame.options());
+  // the output in its own tensor (an op's outputs must not alias each other); slot 0 of buf unused
+  at::Tensor out = emit ? at::empty({B, Ho, Wo, C}, frame.options()) : at::empty({0}, frame.options());
+  std::vector<float> sums(C);
+  for (int64_t b = 0; b < B; ++b) {
+    Taps t{x.data_ptr<float>() + b * H * W * C, wb.data_ptr<float>(), ptr_or_null(bb),
+           accl.data_ptr<float>() + b * accl.stride(0), accl.stride(1), accl.stride(2),
+           buf.data_ptr<float>() + b * P * K * C, sums.data(), H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, act_b,
+           emit ? out.data_ptr<float>() + b * P * C : nullptr};
+    run_taps(t, K);
+  }
+  at::Tensor next = buf.narrow(2, 1, K - 1).permute({0, 3, 2, 1});
+  return {emit ? out.permute({0, 3, 1, 2}) : out, next};
+}
+
+// A dense conv with few input channels (the X3D stem's 3-channel 3x3, stride 2), direct: oneDNN
+// runs it at a fraction of its peak (tiny reduction, 27 per output), and im2col + one GEMM is
+// slower still. The input is copied once, zero-padded, channels-last (any input strides); each
+// output position's NV*8 channels stay in registers over the kh*kw*Cin products, two positions
+// at a time (independent FMA chains); the weight (kh*kw*Cin, NV*8) stays in L1.
+template <int NV, int NP>
+inline void conv_positions(const float* xp, int64_t rowstride, int64_t cin, int64_t kh, int64_t kw, int64_t sw,
+                           const float* w, const v8* bias, float* out, int64_t cout, int64_t act) {
+  v8 a[NP][NV];
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < NV; ++v) a[p][v] = bias[v];
+  for (int64_t dy = 0; dy < kh; ++dy) {
+    for (int64_t dx = 0; dx < kw; ++dx) {
+      const float* xs = xp + dy * rowstride + dx * cin;
+      const float* ws = w + (dy * kw + dx) * cin * NV * 8;
+      for (int64_t ci = 0; ci < cin; ++ci) {
+        v8 wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = vload<v8>(ws + (ci * NV + v) * 8);
+        for (int p = 0; p < NP; ++p) {
+          const float xv = xs[p * sw * cin + ci];
+          for (int v = 0; v < NV; ++v) a[p][v] += xv * wv[v];
+        }
+      }
+    }
+  }
+  for (int p = 0; p < NP; ++p) {
+    float* o = out + p * cout;
+    for (int v = 0; v < NV; ++v) {
+      v8 y = act == kRelu ? vact<kRelu>(a[p][v]) : (act == kSilu ? vact<kSilu>(a[p][v]) : a[p][v]);
+      const int64_t lanes = std::min<int64_t>(8, cout - v * 8);
+      if (lanes == 8) vstore(o + v * 8, y); else std::memcpy(o + v * 8, &y, lanes * sizeof(float));
+    }
+  }
+}
+
+template <int NV>
+void conv_small_frame(const float* xp, int64_t hp, int64_t wp, int64_t cin, int64_t kh, int64_t kw, int64_t sh,
+                      int64_t sw, int64_t ho, int64_t wo, const float* w, const v8* bias, float* out, int64_t cout,
+                      int64_t act) {
+  (void)hp;
+  const int64_t rowstride = wp * cin;
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    const float* row = xp + oy * sh * rowstride;
+    float* orow = out + oy * wo * cout;
+    int64_t ox = 0;
+    for (; ox + 2 <= wo; ox += 2)
+      conv_positions<NV, 2>(row + ox * sw * cin, rowstride, cin, kh, kw, sw, w, bias, orow + ox * cout, cout, act);
+    if (ox < wo)
+      conv_positions<NV, 1>(row + ox * sw * cin, rowstride, cin, kh, kw, sw, w, bias, orow + ox * cout, cout, act);
+  }
+}
+
+// frame (B, Cin, H, W) any strides; weight (kh*kw*Cin, Cout) rows (dy, dx, ci); returns
+// act(conv + bias) as (B, Cout, H', W') over channels-last memory.
+at::Tensor x3d_conv_small(const at::Tensor& frame, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          int64_t act, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding) {
+  TORCH_CHECK(frame.dim() == 4 && frame.scalar_type() == at::kFloat && frame.device().is_cpu(),
+              "x3d_conv_small: frame must be a (B, C, H, W) float32 CPU tensor");
+  check_weight(weight, "the weight");
+  if (bias.has_value() && bias->defined()) check_weight(*bias, "the bias");
+  const int64_t B = frame.size(0), cin = frame.size(1), H = frame.size(2), W = frame.size(3);
+  const int64_t kh = kernel[0], kw = kernel[1], sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  const int64_t cout = weight.size(1), NV = (cout + 7) / 8;
+  TORCH_CHECK(weight.size(0) == kh * kw * cin && NV <= 4, "x3d_conv_small: weight must be (kh*kw*Cin, Cout <= 32)");
+  const int64_t ho = (H + 2 * ph - kh) / sh + 1, wo = (W + 2 * pw - kw) / sw + 1;
+  const int64_t hp = H + 2 * ph, wp = W + 2 * pw;
+  // weights padded to NV*8 columns, bias as vectors
+  std::vector<float> wpad(kh * kw * cin * NV * 8, 0.0f), bpad(NV * 8, 0.0f);
+  const float* wsrc = weight.data_ptr<float>();
+  for (int64_t r = 0; r < kh * kw * cin; ++r) std::memcpy(&wpad[r * NV * 8], wsrc + r * cout, cout * sizeof(float));
+  if (const float* bp = ptr_or_null(bias)) std::memcpy(bpad.data(), bp, cout * sizeof(float));
+  v8 bvec[4];
+  for (int64_t v = 0; v < NV; ++v) bvec[v] = vload<v8>(&bpad[v * 8]);
+  std::vector<float> xp(hp * wp * cin);
+  at::Tensor out = at::empty({B, ho, wo, cout}, frame.options());
+  const float* src = frame.data_ptr<float>();
+  const int64_t sb = frame.stride(0), sc = frame.stride(1), sy = frame.stride(2), sx = frame.stride(3);
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(xp.begin(), xp.end(), 0.0f);
+    for (int64_t c = 0; c < cin; ++c)
+      for (int64_t y = 0; y < H; ++y) {
+        const float* s = src + b * sb + c * sc + y * sy;
+        float* d = xp.data() + ((y + ph) * wp + pw) * cin + c;
+        for (int64_t x = 0; x < W; ++x) d[x * cin] = s[x * sx];
+      }
+    float* o = out.data_ptr<float>() + b * ho * wo * cout;
+    switch (NV) {
+      case 1: conv_small_frame<1>(xp.data(), hp, wp, cin, kh, kw, sh, sw, ho, wo, wpad.data(), bvec, o, cout, act); break;
+      case 2: conv_small_frame<2>(xp.data(), hp, wp, cin, kh, kw, sh, sw, ho, wo, wpad.data(), bvec, o, cout, act); break;
+      case 3: conv_small_frame<3>(xp.data(), hp, wp, cin, kh, kw, sh, sw, ho, wo, wpad.data(), bvec, o, cout, act); break;
+      default: conv_small_frame<4>(xp.data(), hp, wp, cin, kh, kw, sh, sw, ho, wo, wpad.data(), bvec, o, cout, act);
+    }
+  }
+  return out.permute({0, 3, 1, 2});
+}
+
 TORCH_LIBRARY(clplat_x3d, m) {
   m.def(
       "block_step(Tensor frame, Tensor acc, Tensor skip, Tensor wa, Tensor? ba, int act_a, Tensor wb, "
       "Tensor? bb, int act_b, int[] kernel, int[] stride, int[] padding, Tensor? w1, Tensor? b1, int act_1, "
       "Tensor? w2, Tensor? b2, int act_2, Tensor wc, Tensor? bc, Tensor? ws, Tensor? bs, int[] skip_stride, bool emit) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "taps_step(Tensor frame, Tensor acc, Tensor wb, Tensor? bb, int act_b, int[] kernel, int[] stride, "
+      "int[] padding, bool emit) -> (Tensor, Tensor)");
+  m.def("conv_small(Tensor frame, Tensor weight, Tensor? bias, int act, int[] kernel, int[] stride, int[] padding) "
+        "-> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(clplat_x3d, CPU, m) { m.impl("block_step", &x3d_block_step); }
+TORCH_LIBRARY_IMPL(clplat_x3d, CPU, m) {
+  m.impl("block_step", &x3d_block_step);
+  m.impl("taps_step", &x3d_taps_step);
+  m.impl("conv_small", &x3d_conv_small);
+}

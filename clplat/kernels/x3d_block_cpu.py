@@ -9,6 +9,10 @@ the partial sums with each channel block's accumulators in registers (slot 0 fin
 activation and the SE channel sums); the SE gate; scale + SiLU in place; conv_c with the
 shortcut as its GEMM addend, then bias + ReLU.
 
+Two smaller ops serve the X3D stem (``X3DStemStream``): ``conv_small``, a direct conv for few
+inputs per output (the 3-channel 3x3, which oneDNN runs far below its peak), and ``taps_step``,
+the depthwise taps alone (the stem's (5,1,1) temporal conv in one pass instead of three).
+
 State: exactly ``clplat.kernels.conv_step_cpu``'s partial-sum register, the buffer
 ``(B, H'W', k, C)`` handed out as the view ``(B, C, k-1, H'W')`` of its slots 1..k-1, so the
 Python step and this one continue each other's states.
@@ -37,7 +41,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "BlockWeights", "available", "block_step", "load"]
+__all__ = ["ACTIVATIONS", "BlockWeights", "available", "block_step", "conv_small", "load", "taps_step"]
 
 SOURCE = Path(__file__).with_name("x3d_block_cpu.cpp")
 ACTIVATIONS = {"identity": 0, "relu": 1, "silu": 2}
@@ -142,6 +146,23 @@ def _register_fake() -> None:
             return frame.new_empty(0), nxt
         return frame.new_empty(b, ho, wo, wc.shape[1]).permute(0, 3, 1, 2), nxt
 
+    @torch.library.register_fake("clplat_x3d::taps_step")
+    def _fake_taps(frame, acc, wb, bb, act_b, kernel, stride, padding, emit):  # noqa: ANN001, ANN202
+        b, c, h, w = frame.shape
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        nxt = frame.new_empty(b, ho * wo, wb.shape[1], c).narrow(2, 1, wb.shape[1] - 1).permute(0, 3, 2, 1)
+        if not emit:
+            return frame.new_empty(0), nxt
+        return frame.new_empty(b, ho, wo, c).permute(0, 3, 1, 2), nxt
+
+    @torch.library.register_fake("clplat_x3d::conv_small")
+    def _fake_conv(frame, weight, bias, act, kernel, stride, padding):  # noqa: ANN001, ANN202
+        b, _, h, w = frame.shape
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        return frame.new_empty(b, ho, wo, weight.shape[1]).permute(0, 3, 1, 2)
+
     torch.ops.clplat_x3d.block_step.default._clplat_fake = True
 
 
@@ -153,3 +174,21 @@ def block_step(frame: Tensor, acc: Tensor, skip: Tensor | None, weights: BlockWe
     out, nxt = torch.ops.clplat_x3d.block_step(frame, acc, frame if skip is None else skip, *weights,
                                                emit and skip is not None)
     return (out if emit and skip is not None else None), nxt
+
+
+def conv_small(frame: Tensor, weight: Tensor, bias: Tensor | None, activation: int,
+               spatial: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]) -> Tensor:
+    """``act(conv2d(frame) + bias)`` for a conv with few inputs per output (the X3D stem's 3-channel
+    3x3): ``(B, Cout, H', W')`` over channels-last memory. ``weight``: ``(kh*kw*Cin, Cout <= 32)``
+    rows ``(dy, dx, c)`` (``ContinualConv3d``'s "hwio" layout); ``spatial``: (kernel, stride, padding)."""
+    return torch.ops.clplat_x3d.conv_small(frame, weight, bias, activation, *spatial)
+
+
+def taps_step(frame: Tensor, acc: Tensor, weight: Tensor, bias: Tensor | None, activation: int,
+              spatial: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
+              emit: bool) -> tuple[Tensor | None, Tensor]:
+    """A depthwise partial-sum conv step alone (the X3D stem's temporal conv), same state as
+    ``ContinualConv3d``'s: ``(output (B, C, H', W') or None when not emitting; next partial sums)``.
+    ``weight``: the "dw_partial" layout; ``spatial``: (kernel, stride, padding)."""
+    out, nxt = torch.ops.clplat_x3d.taps_step(frame, acc, weight, bias, activation, *spatial, emit)
+    return (out if emit else None), nxt

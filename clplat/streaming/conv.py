@@ -216,6 +216,8 @@ class ContinualConv3d(TemporalKernelModule, nn.Conv3d):
             w2 = w.flip(2).permute(2, 0, 1, 3, 4).reshape(k * co, ci, kh, kw).contiguous()
         elif layout == "dwconv_partial":  # row o*k + m = tap k-1-m of channel o (depthwise)
             w2 = w.flip(2).reshape(co * k, ci, kh, kw).contiguous()
+        elif layout == "hwio":  # (kh*kw*Cin, Cout), rows (dy, dx, c): a direct conv's weight (k == 1)
+            w2 = w[:, :, 0].permute(2, 3, 1, 0).reshape(kh * kw * ci, co).contiguous()
         else:
             w2 = w[:, :, 0]
         if not torch.is_grad_enabled():

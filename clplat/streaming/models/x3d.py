@@ -39,10 +39,14 @@ from clplat.kernels import triton_forced, x3d_block_cpu
 from clplat.streaming.containers import Delay, Residual, StreamSequential, _chain_step
 from clplat.streaming.conv import ContinualConv3d
 from clplat.streaming.convert import ConvertOptions, convert_chain, convert_module, register_converter
+from clplat.streaming.models.x3d_stem import X3DStemStream
 from clplat.streaming.module import FrameLocal, State, StreamModule, tick
 from clplat.streaming.pool import WindowAvgPool
 
-__all__ = ["X3DS", "X3DBlock", "X3DBlockStream", "X3DHead", "X3DSqueezeExcite", "TemporalWindowAvg", "x3d_s"]
+__all__ = [
+    "X3DS", "X3DBlock", "X3DBlockStream", "X3DStemStream", "X3DHead", "X3DSqueezeExcite",
+    "TemporalWindowAvg", "x3d_s",
+]
 
 
 def _round_width(width: float, divisor: int = 8) -> int:
@@ -491,5 +495,9 @@ def _convert_head(m: X3DHead, opts: ConvertOptions) -> StreamModule:
 
 @register_converter(X3DS)
 def _convert_x3ds(m: X3DS, opts: ConvertOptions) -> StreamModule:
-    """Stream emits ``forward_frames`` positions (delay 0 when ``causal``)."""
-    return StreamSequential(OrderedDict(convert_chain(list(m.named_children()), opts)))
+    """Stream emits ``forward_frames`` positions (delay 0 when ``causal``); the stem becomes an
+    ``X3DStemStream`` (same children, same state)."""
+    chain = convert_chain(list(m.named_children()), opts)
+    chain = [(n, X3DStemStream(OrderedDict(s._modules)) if n == "stem" and type(s) is StreamSequential else s)
+             for n, s in chain]
+    return StreamSequential(OrderedDict(chain))
