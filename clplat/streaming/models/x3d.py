@@ -354,9 +354,9 @@ class X3DBlockStream(Residual):
             return super()._step(frame, state)
         conv_a, conv_b, se, conv_c = parts
         (main_state, short_state), post_state = state
-        if self.cpp_step and frame.dtype == torch.float32 and not triton_forced() and not (
-            int(main_state[2][1]) == 0 and conv_b.temporal_fill == "replicate"
-        ):
+        if self.cpp_step and frame.dtype == torch.float32 and not (
+            conv_b.temporal_fill == "replicate" and int(main_state[2][1]) == 0
+        ) and not triton_forced():
             weights = self._cpp_weights(parts)
             if weights is not None:
                 return self._step_cpp(conv_b, weights, frame, state)
@@ -385,8 +385,9 @@ class X3DBlockStream(Residual):
         chain = self._step_chains()[0][1]
         n = 1 if weights.ws is not None else len(chain)  # modules stepped here: aligner [+ shortcut]
         skip, head = _chain_step(chain[:n], frame, short_state[:n])
-        out, acc = x3d_block_cpu.block_step(frame, acc, skip, weights, int(count) >= conv_b.delay)
-        b_state = (acc, tick(count, conv_b.delay, 1))
+        c, delay = int(count), conv_b.delay
+        out, acc = x3d_block_cpu.block_step(frame, acc, skip, weights, c >= delay)
+        b_state = (acc, count if c > delay else tick(count, delay, 1))  # tick: the same count once past the delay
         main_state = (*main_state[:2], b_state, *main_state[3:])
         return out, ((main_state, (*head, *short_state[n:])), post_state)
 
@@ -401,10 +402,11 @@ class X3DBlockStream(Residual):
         conv_a, conv_b, se, conv_c = parts
         shortcut = self._shortcut_conv()
         convs = [c for c in (conv_a, conv_b, conv_c, *(se or ()), shortcut) if c is not None]
-        entries = [(c._parameters, n, t, -1 if t.is_inference() else t._version)
-                   for c in convs for n, t in c._parameters.items() if t is not None]
+        named = [(c._parameters, n, t) for c in convs for n, t in c._parameters.items() if t is not None]
+        versioned = [t for _, _, t in named if not t.is_inference()]
+        entries = (named, versioned, [t._version for t in versioned])
         weights = None
-        if all(e[2].dtype == torch.float32 for e in entries) and _cpp_eligible(conv_a, conv_b, se, conv_c, shortcut):
+        if all(t.dtype == torch.float32 for _, _, t in named) and _cpp_eligible(conv_a, conv_b, se, conv_c, shortcut):
             if x3d_block_cpu.available():
                 weights = _pack_weights(conv_a, conv_b, se, conv_c, shortcut)
         self.__dict__["_cpp_cache"] = (parts, entries, weights)
@@ -423,13 +425,14 @@ class X3DBlockStream(Residual):
         return m
 
 
-def _unchanged(entries: list[tuple]) -> bool:
+def _unchanged(entries: tuple) -> bool:
     """Whether every cached parameter is still its module's and unmodified (version counter;
     inference tensors have none: they change only by in-place copies inside inference mode)."""
-    for params, name, t, version in entries:
-        if params[name] is not t or (version >= 0 and t._version != version):
+    named, versioned, versions = entries
+    for params, name, t in named:
+        if params[name] is not t:
             return False
-    return True
+    return [t._version for t in versioned] == versions
 
 
 def _is_pointwise(c: ContinualConv3d) -> bool:
