@@ -1,4 +1,4 @@
-"""Per-block time of the x3d_s step: X3D blocks on the Python step vs the fused C++ step.
+"""Per-block time of the x3d_s step: X3D blocks (and the stem) on the Python step vs the C++ step.
 
     python benchmarks/x3d_block_step.py [--size 112] [--cpus 0] [--rounds 5] [--steps 20]
     python benchmarks/x3d_block_step.py --size 32 --rounds 1 --steps 4      # smoke
@@ -6,10 +6,11 @@
 Why: ``stream_step.py`` times whole steps; this shows where a step's time goes block by block,
 against each block's arithmetic floor (its multiply-adds at the machine's peak, measured in the
 same run). One steady stream (same network and BN folding as ``stream_step.py``) runs ``rounds``
-interleaved rounds of ``steps`` frames with the blocks on the Python step, then on the C++ step
-(the state carries over between paths); every block's ``_step`` is timed in the stream (weights
-and activations as cold as the real sequence leaves them), medians over all rounds. Also: the
-whole step, and the part outside the blocks (stem, head, containers). Pinned, 1 thread.
+interleaved rounds of ``steps`` frames with the blocks and the stem (``X3DStemStream``) on the
+Python step, then on the C++ step (the state carries over between paths); every block's, the
+stem's and the head's ``_step`` is timed in the stream (weights and activations as cold as the
+real sequence leaves them), medians over all rounds. Also: the whole step, and the part outside
+the blocks (stem, head, containers). Pinned, 1 thread.
 """
 from __future__ import annotations
 
@@ -49,6 +50,27 @@ def block_macs(block: X3DBlockStream, frame_hw: tuple[int, int]) -> int:
     return macs
 
 
+def stem_macs(stem: torch.nn.Module, frame_hw: tuple[int, int]) -> int:
+    """Multiply-adds of one stem step: the spatial conv, then the depthwise temporal taps."""
+    spatial, temporal = stem._mods()
+    ho, wo = spatial._out_hw(*frame_hw)
+    k, kh, kw = spatial.kernel_size
+    return ho * wo * spatial.out_channels * spatial.in_channels * kh * kw + ho * wo * temporal.out_channels * (
+        temporal.kernel_size[0])
+
+
+def _timed_part(step: object, name: str, stem: torch.nn.Module, times: dict) -> object:
+    """``step`` timed into ``times[(stem.cpp_step, name)]`` (the blocks follow the stem's switch)."""
+
+    def timed(frame: torch.Tensor, state: object) -> object:
+        t0 = time.perf_counter()
+        out = step(frame, state)  # type: ignore[operator]
+        times[(stem.cpp_step, name)].append(time.perf_counter() - t0)
+        return out
+
+    return timed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=112)
@@ -78,6 +100,9 @@ def main() -> None:
         return out
 
     X3DBlockStream._step = timed  # type: ignore[method-assign]
+    for name in ("stem", "head"):  # instance attributes shadow the class's _step in the chain walk
+        module = getattr(stream, name)
+        module._step = _timed_part(module._step, name, stream.stem, times)
     t = 0
     with torch.inference_mode():
         state = None
@@ -86,7 +111,7 @@ def main() -> None:
         t = warm
         for _ in range(args.rounds):
             for cpp in (False, True):
-                for b in blocks:
+                for b in (*blocks, stream.stem):
                     b.cpp_step = cpp
                 for _ in range(args.steps):
                     t0 = time.perf_counter()
@@ -115,8 +140,12 @@ def main() -> None:
               f"{floor:.0f} | {py:.0f} | {cpp:.0f} | {py / cpp:.2f} | {cpp / floor:.2f} |")
     print(f"| all blocks | | | | | {totals['floor']:.0f} | {totals['py']:.0f} | {totals['cpp']:.0f} | "
           f"{totals['py'] / totals['cpp']:.2f} | {totals['cpp'] / totals['floor']:.2f} |")
+    stem_floor = stem_macs(stream.stem, (args.size, args.size)) / peak / 1e3
+    print(f"stem: floor {stem_floor:.0f} µs, Python {med[(False, 'stem')]:.0f} µs, C++ {med[(True, 'stem')]:.0f} µs "
+          f"({med[(False, 'stem')] / med[(True, 'stem')]:.2f}x); head {med[(False, 'head')]:.0f} / "
+          f"{med[(True, 'head')]:.0f} µs")
     step_py, step_cpp = med[(False, "step")], med[(True, "step")]
-    print(f"whole step (median): Python blocks {step_py / 1e3:.3f} ms, fused blocks {step_cpp / 1e3:.3f} ms "
+    print(f"whole step (median): Python blocks and stem {step_py / 1e3:.3f} ms, C++ {step_cpp / 1e3:.3f} ms "
           f"({step_py / step_cpp:.2f}x); outside the blocks {(step_py - totals['py']) / 1e3:.3f} / "
           f"{(step_cpp - totals['cpp']) / 1e3:.3f} ms")
 

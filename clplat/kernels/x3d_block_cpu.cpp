@@ -11,6 +11,7 @@
 // the next partial sums (returned as the permuted view (B, C, k-1, H'W')); slot 0 is this
 // frame's conv_b output, which conv_c reads in place (row stride k*C).
 #include <ATen/ATen.h>
+#include <torch/extension.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -480,4 +481,12 @@ TORCH_LIBRARY_IMPL(clplat_x3d, CPU, m) {
   m.impl("block_step", &x3d_block_step);
   m.impl("taps_step", &x3d_taps_step);
   m.impl("conv_small", &x3d_conv_small);
+}
+
+// The same functions as a Python module: eager calls skip the dispatcher's boxing of ~24
+// arguments (~3.5 µs a call against ~1 µs); traced steps use the torch ops above.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("block_step", &x3d_block_step);
+  m.def("taps_step", &x3d_taps_step);
+  m.def("conv_small", &x3d_conv_small);
 }

@@ -21,7 +21,9 @@ The extension is compiled on first use (``torch.utils.cpp_extension.load``, ``-O
 -march=native``; cached under ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``,
 one build per source and CPU model) and registered as the torch op
 ``torch.ops.clplat_x3d.block_step``, with a fake (shape) implementation, so a step recorded for
-a compiler (``clplat.streaming.compile_step``) holds it as one extern kernel. Without a C++
+a compiler (``clplat.streaming.compile_step``) holds it as one extern kernel; eager calls go
+through the extension module's direct bindings of the same functions (the dispatcher's argument
+boxing was a few µs per call, 28 calls a frame). Without a C++
 compiler (or if the build fails) ``available()`` is False, one warning says why, and callers
 keep the Python step. float32, CPU, inference only.
 """
@@ -40,6 +42,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from clplat.kernels._backend import is_tracing
 
 __all__ = ["ACTIVATIONS", "BlockWeights", "available", "block_step", "conv_small", "load", "taps_step"]
 
@@ -112,8 +116,8 @@ def load() -> bool:
                 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
                 from torch.utils import cpp_extension
 
-                cpp_extension.load(_build_name(), [str(SOURCE)], extra_cflags=_FLAGS, is_python_module=False,
-                                   verbose=False)
+                _STATE["module"] = cpp_extension.load(_build_name(), [str(SOURCE)], extra_cflags=_FLAGS,
+                                                      is_python_module=True, verbose=False)
                 _register_fake()
             except Exception as err:  # a failed build must leave the Python step working
                 reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
@@ -166,13 +170,20 @@ def _register_fake() -> None:
     torch.ops.clplat_x3d.block_step.default._clplat_fake = True
 
 
+def _fn(name: str):  # noqa: ANN202
+    """The function ``name``: the torch op while a step is recorded for a compiler (it must appear
+    in the graph), else the module's direct binding (same C++ function, without the dispatcher)."""
+    if is_tracing():
+        return getattr(torch.ops.clplat_x3d, name)
+    return getattr(_STATE["module"], name)
+
+
 def block_step(frame: Tensor, acc: Tensor, skip: Tensor | None, weights: BlockWeights,
                emit: bool) -> tuple[Tensor | None, Tensor]:
     """One block step: ``(output (B, Cout, H', W') channels-last, or None when not emitting;
     the next partial sums (B, C, k-1, H'W'))``. ``acc``: this step's partial sums (any strides);
     ``skip``: the shortcut branch's input or output (see ``BlockWeights``), None while warming up."""
-    out, nxt = torch.ops.clplat_x3d.block_step(frame, acc, frame if skip is None else skip, *weights,
-                                               emit and skip is not None)
+    out, nxt = _fn("block_step")(frame, acc, frame if skip is None else skip, *weights, emit and skip is not None)
     return (out if emit and skip is not None else None), nxt
 
 
@@ -181,7 +192,7 @@ def conv_small(frame: Tensor, weight: Tensor, bias: Tensor | None, activation: i
     """``act(conv2d(frame) + bias)`` for a conv with few inputs per output (the X3D stem's 3-channel
     3x3): ``(B, Cout, H', W')`` over channels-last memory. ``weight``: ``(kh*kw*Cin, Cout <= 32)``
     rows ``(dy, dx, c)`` (``ContinualConv3d``'s "hwio" layout); ``spatial``: (kernel, stride, padding)."""
-    return torch.ops.clplat_x3d.conv_small(frame, weight, bias, activation, *spatial)
+    return _fn("conv_small")(frame, weight, bias, activation, *spatial)
 
 
 def taps_step(frame: Tensor, acc: Tensor, weight: Tensor, bias: Tensor | None, activation: int,
@@ -190,5 +201,5 @@ def taps_step(frame: Tensor, acc: Tensor, weight: Tensor, bias: Tensor | None, a
     """A depthwise partial-sum conv step alone (the X3D stem's temporal conv), same state as
     ``ContinualConv3d``'s: ``(output (B, C, H', W') or None when not emitting; next partial sums)``.
     ``weight``: the "dw_partial" layout; ``spatial``: (kernel, stride, padding)."""
-    out, nxt = torch.ops.clplat_x3d.taps_step(frame, acc, weight, bias, activation, *spatial, emit)
+    out, nxt = _fn("taps_step")(frame, acc, weight, bias, activation, *spatial, emit)
     return (out if emit else None), nxt

@@ -177,3 +177,15 @@ def test_no_compiler_stem_falls_back(monkeypatch):
     assert sum("no-such-compiler-xyz" in str(w.message) for w in seen) == 1
     want, _ = step_clip(_stream(net, cpp=False), clip, grad=False)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@slow
+def test_eager_calls_bind_directly_traced_calls_use_the_ops(kernel):
+    """Eager: the extension module's functions (no dispatcher boxing); while a step is recorded
+    for a compiler: the torch ops (they must appear in the graph)."""
+    from clplat.kernels import tracing
+
+    for name in ("block_step", "taps_step", "conv_small"):
+        assert kernel._fn(name) is getattr(kernel._STATE["module"], name)
+        with tracing():
+            assert kernel._fn(name) is getattr(torch.ops.clplat_x3d, name)
