@@ -63,13 +63,13 @@ WARMUP = {"x3d_s": 40, "r2plus1d_18": 80}  # past the delay (28 / 54 frames) and
 
 
 def build_clplat(name: str, model: torch.nn.Module) -> Any:
-    """``stream_nets.build_clplat`` with X3D blocks on their Python step: the recorder has to see
-    each library call (the fused C++ block step is one opaque call; it is timed apart)."""
-    from clplat.streaming.models.x3d import X3DBlockStream
+    """``stream_nets.build_clplat`` with X3D blocks and stem on their Python step: the recorder has
+    to see each library call (the fused C++ block step is one opaque call; it is timed apart)."""
+    from clplat.streaming.models.x3d import X3DBlockStream, X3DStemStream
 
     stream = stream_nets.build_clplat(name, model)
     for block in stream.modules():
-        if isinstance(block, X3DBlockStream):
+        if isinstance(block, (X3DBlockStream, X3DStemStream)):
             block.cpp_step = False
     return stream
 
