@@ -18,12 +18,14 @@ __all__ = ["X3DStemStream"]
 
 class X3DStemStream(StreamSequential):
     """The streaming X3D stem (spatial conv, then the depthwise temporal conv): a
-    ``StreamSequential`` whose temporal conv runs as one C++ call on CPU inference.
+    ``StreamSequential`` whose two convs run as one C++ call each on float32 CPU inference.
 
-    Why: at 112 px the temporal (5,1,1) conv's Python fast path makes a 5-slot buffer by a
-    multiply, adds the partial sums, then adds the bias and applies the activation to slot 0:
-    three passes over ~1.5 MB. The C++ taps (``clplat.kernels.x3d_block_cpu.taps_step``, the
-    block step's depthwise code) do it in one. State and outputs are the generic ones (same tree,
+    Why: the 3-channel 3x3 conv (27 products per output) runs far below peak in oneDNN, and its
+    NCHW output is then copied channels-last; ``x3d_block_cpu.conv_small`` computes it directly
+    into channels-last memory. At 112 px the temporal (5,1,1) conv's Python fast path makes a
+    5-slot buffer by a multiply, adds the partial sums, then adds the bias and applies the
+    activation to slot 0: three passes over ~1.5 MB; ``x3d_block_cpu.taps_step`` (the block
+    step's depthwise code) does it in one. State and outputs are the generic ones (same tree,
     same partial-sum layout), so either path continues the other's state. Off with
     ``X3DBlockStream.cpp_step``'s switch (``CLPLAT_X3D_CPP=0``; settable per stem as ``cpp_step``).
     """
