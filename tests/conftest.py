@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 # (``CI`` set to true/1/yes, as GitHub Actions and .ci/run do) such a skip would hide that the
 # kernels / timm models / compiled step were never tested, so it is turned into a failure: every
 # skip inside a REQUIRED_IN_CI suite, and every ``importorskip`` ("could not import ...") anywhere.
-REQUIRED_IN_CI = ("tests/kernels/", "tests/streaming/test_compiled.py")
+REQUIRED_IN_CI = ("tests/kernels/", "tests/streaming/test_compiled.py", "tests/streaming/test_x3d_fused.py",
+                  "tests/streaming/test_x3d_stem_fast.py")
 
 
 def in_ci() -> bool:

@@ -19,9 +19,9 @@ from clplat.kernels import x3d_block_cpu
 from clplat.streaming import X3DS, convert
 from clplat.streaming.models.x3d import X3DBlockStream
 from tests.streaming.stepping import assert_steps_match, calibrate, one_thread, step_clip
+from tests.streaming.x3d_cpp import RTOL, close, count_calls, extension
 
 slow = pytest.mark.slow
-RTOL = 1e-5
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,28 +32,12 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def kernel():
-    if not x3d_block_cpu.available():
-        pytest.skip("the C++ extension cannot be built here (no compiler)")
-    return x3d_block_cpu
+    return extension()
 
 
 @pytest.fixture
 def counted(kernel, monkeypatch):
-    """Counts the C++ calls (so a test cannot pass on the Python path alone)."""
-    calls = [0]
-    real = kernel.block_step
-
-    def spy(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(kernel, "block_step", spy)
-    return calls
-
-
-def _close(got: torch.Tensor, want: torch.Tensor) -> None:
-    assert want.abs().max() > 1e-2
-    torch.testing.assert_close(got, want, rtol=RTOL, atol=RTOL * float(want.abs().max()))
+    return count_calls(monkeypatch, kernel, ["block_step"])
 
 
 def _net(**kwargs) -> X3DS:
@@ -89,11 +73,11 @@ def test_fused_step_equals_python_step_and_offline(counted, monkeypatch, kwargs,
 
     monkeypatch.setattr(X3DBlockStream, "_step", count_step)
     want, _ = step_clip(_stream(net, cpp=False), clip, grad=False)
-    assert counted[0] == 0 and block_steps[0] > 5 * 60
+    assert counted["block_step"] == 0 and block_steps[0] > 5 * 60
     block_steps[0] = 0
     got = assert_steps_match(_stream(net, cpp=True), clip, ref, atol=RTOL * float(ref.abs().max()))
-    assert counted[0] == block_steps[0] > 5 * 60  # every block step ran in C++: no silent fallback
-    _close(got, want)
+    assert counted["block_step"] == block_steps[0] > 5 * 60  # every block step ran in C++: no silent fallback
+    close(got, want)
 
 
 @slow
@@ -112,7 +96,7 @@ def test_states_are_interchangeable_mid_stream(kernel):
             y, state = stream.step(clip[:, :, t], state)
             if y is not None:
                 outs.append(y)
-    _close(torch.stack(outs, 2), ref)
+    close(torch.stack(outs, 2), ref)
 
 
 def _leaves(state) -> list[torch.Tensor]:
@@ -139,7 +123,7 @@ def test_block_state_matches_the_python_state(kernel, counted, index):
             y_cpp, s_cpp = block.step(frames[:, :, t], s_cpp)
             assert (y_py is None) == (y_cpp is None)
             if y_py is not None:
-                _close(y_cpp, y_py)
+                close(y_cpp, y_py)
             a, b = _leaves(s_py), _leaves(s_cpp)
             assert [x.shape for x in a] == [x.shape for x in b]
             for x, z in zip(a, b):
@@ -147,7 +131,7 @@ def test_block_state_matches_the_python_state(kernel, counted, index):
                     assert int(x) == int(z)
                 else:
                     torch.testing.assert_close(z, x, rtol=RTOL, atol=1e-6)
-    assert counted[0] == frames.shape[2]
+    assert counted["block_step"] == frames.shape[2]
 
 
 @slow
@@ -157,7 +141,7 @@ def test_float64_and_grad_keep_the_python_step(counted):
     stream = _stream(net, cpp=True)
     step_clip(stream, clip, grad=False)  # float64: Python fast path
     step_clip(stream.float(), clip.float(), grad=True)  # autograd: generic path
-    assert counted[0] == 0
+    assert counted["block_step"] == 0
 
 
 def test_no_compiler_falls_back_with_one_warning(monkeypatch):
@@ -193,8 +177,8 @@ def test_new_weights_reach_the_fused_step(kernel, counted):
             y_f, s_f = fused.step(clip[:, :, t], s_f)
             y_p, s_p = python.step(clip[:, :, t], s_p)
             if y_p is not None:
-                _close(y_f, y_p)
-    assert counted[0] > 0
+                close(y_f, y_p)
+    assert counted["block_step"] > 0
 
 
 @slow
@@ -222,7 +206,7 @@ def test_compile_step_keeps_the_fused_block_as_one_kernel(kernel):
             y, state = step(clip[:, :, t], state)
             outs.append(y)
     assert step.compilations >= 1
-    _close(torch.stack(outs, 2), want)
+    close(torch.stack(outs, 2), want)
 
 
 @slow
@@ -237,7 +221,7 @@ def test_replicate_fill_first_step_stays_python_then_fused(counted):
             if isinstance(block, X3DBlockStream):
                 block.cpp_step = cpp
     want, _ = step_clip(streams[0], clip, grad=False)
-    assert counted[0] == 0
+    assert counted["block_step"] == 0
     got, _ = step_clip(streams[1], clip, grad=False)
-    assert counted[0] > 0
-    _close(got, want)
+    assert counted["block_step"] > 0
+    close(got, want)

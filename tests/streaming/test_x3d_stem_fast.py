@@ -19,9 +19,9 @@ from clplat.kernels import x3d_block_cpu
 from clplat.streaming import X3DS, convert
 from clplat.streaming.models.x3d import X3DBlockStream, X3DStemStream
 from tests.streaming.stepping import assert_steps_match, calibrate, one_thread, step_clip
+from tests.streaming.x3d_cpp import RTOL, close, count_calls, extension
 
 slow = pytest.mark.slow
-RTOL = 1e-5
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,29 +32,12 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def kernel():
-    if not x3d_block_cpu.available():
-        pytest.skip("the C++ extension cannot be built here (no compiler)")
-    return x3d_block_cpu
+    return extension()
 
 
 @pytest.fixture
 def counted(kernel, monkeypatch):
-    """Counts the stem's C++ calls (so a test cannot pass on the Python path alone)."""
-    calls = {"conv_small": 0, "taps_step": 0}
-    for name in calls:
-        real = getattr(kernel, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(kernel, name, spy)
-    return calls
-
-
-def _close(got: torch.Tensor, want: torch.Tensor) -> None:
-    assert want.abs().max() > 1e-2
-    torch.testing.assert_close(got, want, rtol=RTOL, atol=RTOL * float(want.abs().max()))
+    return count_calls(monkeypatch, kernel, ["conv_small", "taps_step"])
 
 
 def _net(**kwargs) -> X3DS:
@@ -88,9 +71,9 @@ def test_conv_small_equals_conv2d(kernel, shape):
     for act, name in enumerate(("identity", "relu", "silu")):
         f = {"identity": lambda y: y, "relu": F.relu, "silu": F.silu}[name]
         got = kernel.conv_small(x, w2, bias, act, ((k, k), (s, s), (p, p)))
-        _close(got, f(F.conv2d(x, weight, bias, s, p)))
+        close(got, f(F.conv2d(x, weight, bias, s, p)))
     got = kernel.conv_small(x, w2, None, 0, ((k, k), (s, s), (p, p)))
-    _close(got, F.conv2d(x, weight, None, s, p))
+    close(got, F.conv2d(x, weight, None, s, p))
 
 
 @slow
@@ -109,7 +92,7 @@ def test_stem_step_equals_python_step_and_offline(counted, kwargs, batch):
     stream = _stream(net, cpp=True)
     got = assert_steps_match(stream, clip, ref, atol=RTOL * float(ref.abs().max()))
     assert counted == {"conv_small": 64, "taps_step": 64}  # every stem step ran in C++
-    _close(got, want)
+    close(got, want)
     # the stem alone against the offline stem, every emitted position
     stem_out = assert_steps_match(stream.stem, clip, stem_ref, atol=RTOL * float(stem_ref.abs().max()))
     assert stem_out.shape[2] == 64 - stream.stem.delay
@@ -134,8 +117,8 @@ def test_stem_states_are_interchangeable(kernel, counted):
             y_mix, s_mix = stem.step(frame, s_mix)
             assert (y_py is None) == (y_cpp is None) == (y_mix is None)
             if y_py is not None:
-                _close(y_cpp, y_py)
-                _close(y_mix, y_py)
+                close(y_cpp, y_py)
+                close(y_mix, y_py)
             (a0, (acc_py, n_py)), (b0, (acc_cpp, n_cpp)) = s_py, s_cpp
             assert a0 == b0 == () and int(n_py) == int(n_cpp)
             assert acc_cpp.shape == acc_py.shape
@@ -152,7 +135,7 @@ def test_replicate_fill_first_step_stays_python(counted):
     want, _ = step_clip(_stream(net, cpp=False, temporal_fill="replicate"), clip, grad=False)
     got, _ = step_clip(_stream(net, cpp=True, temporal_fill="replicate"), clip, grad=False)
     assert counted["taps_step"] == 23
-    _close(got, want)
+    close(got, want)
 
 
 @slow
