@@ -231,7 +231,7 @@ def _ms(v: np.ndarray) -> str:
 
 def _title(method: str, runs: list[dict]) -> str:
     mem = _memory(runs[0]["config"]) if runs else None
-    return {**METHODS, **AVALANCHE_METHODS}[method][2].format(mem=mem)
+    return {**METHODS, **AVALANCHE_METHODS, **HEADLINE_METHODS}[method][2].format(mem=mem)
 
 
 def summary_table(results: dict[str, list[dict]]) -> str:

@@ -33,6 +33,14 @@ def test_method_configs() -> None:
     for method in rr.METHODS:  # every method config validates on both streams
         for table in ("headline", "digits"):
             build_config(rr.method_config(table, method, 1))
+    # the headline's extra row: DualPrompt's config without CutMix, titled, right after DualPrompt
+    nocut = build_config(rr.method_config("headline", "dualprompt_nocutmix", 1))
+    assert nocut.strategy == "dualprompt" and nocut.augment.cutmix_prob == 0
+    assert build_config(rr.method_config("headline", "dualprompt", 1)).augment.cutmix_prob == 0.5
+    names = list(rr._methods("headline"))
+    assert names[names.index("dualprompt") + 1] == "dualprompt_nocutmix"
+    assert "dualprompt_nocutmix" not in rr._methods("digits")
+    assert all(rr._title(m, []) for m in names)
 
 
 def _run(seed: int, a_auc: float, a_last: float) -> dict:
