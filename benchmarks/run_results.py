@@ -105,6 +105,7 @@ def fscil_value(run: dict, metric: str) -> float:
 # this row separates that difference from the methods')
 HEADLINE_METHODS = {
     "dualprompt_nocutmix": ("si_blurry_dualprompt.yaml", ["augment.cutmix_prob=0"], "DualPrompt (no CutMix)"),
+    "finetune_nocutmix": ("si_blurry_finetune.yaml", ["augment.cutmix_prob=0"], "Finetune (head only, no CutMix)"),
 }
 
 
@@ -123,7 +124,9 @@ def _methods(table: str) -> dict[str, tuple[str, list[str], str]]:
 
 # (method, reference): the difference method − reference is taken seed by seed
 PAIRS = [("mvp", "finetune"), ("mvp", "l2p"), ("mvp", "dualprompt"), ("mvp", "dualprompt_nocutmix"),
-         ("dualprompt_nocutmix", "dualprompt"), ("mvp_r", "er"), ("av_er_ace", "er"),
+         ("dualprompt_nocutmix", "dualprompt"), ("finetune_nocutmix", "finetune"),
+         ("dualprompt_nocutmix", "finetune_nocutmix"), ("mvp", "finetune_nocutmix"), ("mvp_r", "er"),
+         ("av_er_ace", "er"),
          ("av_ewc", "finetune"), ("av_lwf", "finetune"),
          ("mvp_no_mask", "mvp"), ("mvp_no_cvpt", "mvp"), ("mvp_no_afs", "mvp"), ("mvp_no_gsf", "mvp")]
 

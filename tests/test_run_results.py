@@ -38,7 +38,9 @@ def test_method_configs() -> None:
     assert nocut.strategy == "dualprompt" and nocut.augment.cutmix_prob == 0
     assert build_config(rr.method_config("headline", "dualprompt", 1)).augment.cutmix_prob == 0.5
     names = list(rr._methods("headline"))
-    assert names[names.index("dualprompt") + 1] == "dualprompt_nocutmix"
+    assert names[names.index("dualprompt") + 1 : names.index("dualprompt") + 3] == ["dualprompt_nocutmix",
+                                                                                  "finetune_nocutmix"]
+    assert build_config(rr.method_config("headline", "finetune_nocutmix", 1)).augment.cutmix_prob == 0
     assert "dualprompt_nocutmix" not in rr._methods("digits")
     assert all(rr._title(m, []) for m in names)
 
