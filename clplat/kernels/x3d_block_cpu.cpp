@@ -25,20 +25,25 @@ namespace {
 
 constexpr int64_t kIdentity = 0, kRelu = 1, kSilu = 2;
 
+// Cephes' expf core: e^r for x = n ln 2 + r (n the nearest integer to x / ln 2), a degree-5
+// polynomial; T is float or a vector of floats (the scalar and vector exp below share it).
+template <class T> inline T exp_core(T x, T n) {
+  T r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  T p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
+
 // exp(x) as Cephes' expf (range reduction by ln 2, degree-5 polynomial, ~1 ulp): branch-free,
 // so loops calling it vectorise (libm's expf does not without -ffast-math).
 inline float exp_poly(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const float p = exp_core(x, n);
   const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
   return p * __builtin_bit_cast(float, e);
 }
@@ -74,15 +79,7 @@ template <class T> inline T vexp(T x) {
   x = x > hi ? hi : x;
   const T t = x * 1.44269504088896341f + magic;
   const T n = t - magic;
-  T r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  T p = splat<T>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const T p = exp_core(x, n);
   const I e = (((I)t - (I)magic) + 127) << 23;
   return p * (T)e;
 }
